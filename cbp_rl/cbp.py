@@ -1,0 +1,787 @@
+"""Continual backpropagation: selective reinitialization of low-utility hidden units.
+
+One implementation serves every user: :class:`GenerateAndTest` is the generate-and-test core
+over plain tensors, with an optional leading seed dimension (the batched many-seed engine of the
+permuted-MNIST suite uses it directly); :class:`ContinualBackprop` puts it on an ``nn.Module``,
+finding the hidden units, recording their activations and resetting optimizer state.
+
+The algorithm follows the reference code of Dohare et al. (Nature 2024), step for step:
+
+1. every unit ages by one;
+2. ``mean_act <- eta * mean_act + (1 - eta) * batch_mean(h)``, ``f_hat = mean_act / (1 - eta^age)``;
+3. the instantaneous utility ``y`` (see :data:`UTILITY_NAMES`) enters
+   ``util <- eta * util + (1 - eta) * y``; units are ranked by ``util / (1 - eta^age)``;
+4. units older than the maturity threshold are eligible; ``rr * n_eligible`` units are replaced
+   (accumulated across steps, or one unit with that probability when below one);
+5. a replaced unit gets fresh incoming weights ``U(-bound, bound)``, zero bias, zero outgoing
+   weights (so the network's output does not change), and zero utility, mean and age; its norm
+   entries go back to their initial values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cbp_rl.nets import INIT_NAMES, fan_in_out, init_bound, validate_init
+from cbp_rl.optim import RESETTABLE_OPTIMIZERS, ResettableAdam, reset_unit_state
+from cbp_rl.units import (
+    ActivationRecorder,
+    HiddenLayer,
+    LayerSpec,
+    resolve_hidden_layers,
+    units_first,
+)
+
+UtilityName = Literal[
+    "contribution",
+    "adaptable_contribution",
+    "zero_contribution",
+    "weight",
+    "adaptation",
+    "feature_by_input",
+    "random",
+]
+UTILITY_NAMES: tuple[str, ...] = get_args(UtilityName)
+_NO_GRAD = torch.no_grad()  # one reusable context: cheaper than a new one per step
+_NEEDS_DEVIATION = {"adaptable_contribution", "zero_contribution", "feature_by_input"}
+_NEEDS_OUT_MAGNITUDE = {"contribution", "adaptable_contribution", "zero_contribution", "weight"}
+_NEEDS_IN_MAGNITUDE = {"adaptable_contribution", "adaptation", "feature_by_input"}
+
+
+@dataclass(frozen=True)
+class CBPConfig:
+    """Hyperparameters of continual backpropagation, validated on construction."""
+
+    replacement_rate: float = 1e-4
+    """Fraction of eligible units replaced per step (rr)."""
+    maturity_threshold: int = 100
+    """Units are eligible for replacement once their age exceeds this many steps (mt)."""
+    decay_rate: float = 0.99
+    """Decay of the running averages of utility and mean activation (eta)."""
+    utility: str = "contribution"
+    """Utility measure; one of :data:`UTILITY_NAMES`."""
+    init: str = "kaiming"
+    """Distribution of new incoming weights: kaiming, lecun, xavier or default."""
+    accumulate: bool = False
+    """Accumulate fractional replacements over steps (True), or replace with probability (False)."""
+    bias_compensation: bool = False
+    """Add a replaced unit's mean contribution to the next layer's bias. The reference code meant
+    to do this but, as written, adds zero; False reproduces it."""
+    magnitude_every: int = 1
+    """Steps between recomputations of the weight-magnitude terms of the utility (1 = exact)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replacement_rate <= 1.0:
+            raise ValueError(f"replacement_rate must be in [0, 1], got {self.replacement_rate}")
+        if int(self.maturity_threshold) != self.maturity_threshold or self.maturity_threshold < 0:
+            raise ValueError(
+                f"maturity_threshold must be a non-negative integer, got {self.maturity_threshold}"
+            )
+        if not 0.0 <= self.decay_rate < 1.0:
+            raise ValueError(f"decay_rate must be in [0, 1), got {self.decay_rate}")
+        if self.utility not in UTILITY_NAMES:
+            raise ValueError(
+                f"unknown utility {self.utility!r}; valid utilities are {', '.join(UTILITY_NAMES)}"
+            )
+        validate_init(self.init)
+        if int(self.magnitude_every) != self.magnitude_every or self.magnitude_every < 1:
+            raise ValueError(
+                f"magnitude_every must be an integer >= 1 (1 = exact), got {self.magnitude_every}"
+            )
+
+
+@dataclass
+class UnitLayout:
+    """Where one hidden layer's units live in its parameter tensors.
+
+    Dimensions are counted including the leading seed dimension when there is one. ``in_weight``
+    holds each unit's incoming weights along ``in_unit_dim``; ``out_weight`` its outgoing weights
+    along ``out_unit_dim``, with the outgoing layer's output dimension first among the others.
+    """
+
+    in_weight: Tensor
+    in_unit_dim: int
+    in_bias: Tensor | None
+    out_weight: Tensor
+    out_unit_dim: int
+    bound: float
+    out_bias: Tensor | None = None
+    norm_resets: Sequence[tuple[Tensor, float]] = field(default_factory=tuple)
+    out_view: tuple[int, ...] | None = None
+    """Shape to view ``out_weight`` as (a Linear read through a Flatten: ``[out, units, H*W]``)."""
+
+    def outgoing(self) -> Tensor:
+        """The outgoing weight, viewed with one dimension per unit."""
+        return self.out_weight if self.out_view is None else self.out_weight.view(self.out_view)
+
+
+class Replacement(NamedTuple):
+    """Units replaced in one layer (of one seed) by one generate-and-test step."""
+
+    layer: int
+    seed: int
+    units: Tensor
+
+
+@torch.no_grad()
+def reinit_units(
+    layout: UnitLayout,
+    units: Tensor,
+    generator: torch.Generator,
+    seed_index: int | None = None,
+    mean_activation: Tensor | None = None,
+) -> Tensor:
+    """Give ``units`` fresh incoming weights, zero bias, zero outgoing weights, reset norms.
+
+    New weights are drawn on the CPU from ``generator`` (the same draws on any device).
+    With ``mean_activation`` (the units' bias-corrected mean activation), their mean contribution
+    is first added to the outgoing layer's bias. Returns the new incoming weights,
+    ``[len(units), *rest]``.
+    """
+    lead = 0 if seed_index is None else 1
+
+    def pick(tensor: Tensor, unit_dim: int) -> Tensor:
+        moved = units_first(tensor, unit_dim, lead)
+        return moved if seed_index is None else moved[seed_index]
+
+    incoming = pick(layout.in_weight, layout.in_unit_dim)
+    fresh = torch.empty((len(units), *incoming.shape[1:]), dtype=incoming.dtype)
+    fresh.uniform_(-layout.bound, layout.bound, generator=generator)
+    fresh = fresh.to(incoming.device)
+    incoming[units] = fresh
+    if layout.in_bias is not None:
+        pick(layout.in_bias, lead)[units] = 0.0
+    outgoing = pick(layout.outgoing(), layout.out_unit_dim)
+    if mean_activation is not None and layout.out_bias is not None:
+        shape = (len(units),) + (1,) * (outgoing.ndim - 1)
+        removed = (outgoing[units] * mean_activation.view(shape)).sum(0)
+        pick(layout.out_bias, lead).add_(removed.flatten(1).sum(1) if removed.ndim > 1 else removed)
+    outgoing[units] = 0.0
+    for tensor, value in layout.norm_resets:
+        pick(tensor, lead)[units] = value
+    return fresh
+
+
+class GenerateAndTest(nn.Module):
+    """The generate-and-test core: unit statistics and replacement, over plain tensors.
+
+    ``layer_sizes`` gives the number of units per hidden layer. With ``num_seeds`` set, every
+    statistic has a leading seed dimension and each seed has its own random generator, so seed
+    ``s`` of a batched run makes the same decisions as a single run seeded ``seeds[s]``.
+    State (``utility``, ``mean_activation``, ``age``, ``accumulated``, ``replacements``,
+    ``steps``, cached magnitudes) lives in buffers, the generators in the extra state, so
+    ``state_dict()`` holds all of it.
+    """
+
+    utility: Tensor
+    mean_activation: Tensor
+    age: Tensor
+    decay_power: Tensor
+    accumulated: Tensor
+    replacements: Tensor
+    steps: Tensor
+    in_magnitude: Tensor
+    out_magnitude: Tensor
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        config: CBPConfig,
+        *,
+        seeds: Sequence[int] | int | None = None,
+        num_seeds: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if not layer_sizes or any(n <= 0 for n in layer_sizes):
+            raise ValueError(f"layer_sizes must be positive unit counts, got {list(layer_sizes)}")
+        self.config = config
+        self.layer_sizes = tuple(int(n) for n in layer_sizes)
+        self.lead = 0 if num_seeds is None else 1
+        self.num_seeds = 1 if num_seeds is None else int(num_seeds)
+        seed_list = _seed_list(seeds, self.num_seeds)
+        offsets = np.cumsum((0, *self.layer_sizes))
+        self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
+        lead_shape = () if num_seeds is None else (self.num_seeds,)
+        units = (*lead_shape, int(offsets[-1]))
+        per_layer = (*lead_shape, len(self.layer_sizes))
+        self.register_buffer("utility", torch.zeros(units, device=device, dtype=dtype))
+        self.register_buffer("mean_activation", torch.zeros(units, device=device, dtype=dtype))
+        self.register_buffer("age", torch.zeros(units, dtype=torch.int64, device=device))
+        # eta ** age, kept by multiplication: the bias correction is 1 - decay_power
+        self.register_buffer("decay_power", torch.ones(units, device=device, dtype=dtype))
+        self.register_buffer("in_magnitude", torch.zeros(units, device=device, dtype=dtype))
+        self.register_buffer("out_magnitude", torch.zeros(units, device=device, dtype=dtype))
+        self.register_buffer("accumulated", torch.zeros(per_layer, dtype=torch.float64))
+        self.register_buffer("replacements", torch.zeros(per_layer, dtype=torch.int64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._generators = [torch.Generator().manual_seed(s) for s in seed_list]
+        self._book = _HostBook(self.num_seeds, len(self.layer_sizes))
+        self._magnitudes: _MagnitudePlan | None = None
+        self.register_buffer("_one", torch.ones((), dtype=torch.int64, device=device), False)
+        self.register_state_dict_pre_hook(_sync_before_save)
+        self.register_load_state_dict_post_hook(_mark_stale_after_load)
+
+    # ----------------------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"generators": [g.get_state() for g in self._generators]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state["generators"]
+        if len(saved) != len(self._generators):
+            raise ValueError(
+                f"state has {len(saved)} generator states for {len(self._generators)} seeds"
+            )
+        for generator, generator_state in zip(self._generators, saved, strict=True):
+            generator.set_state(generator_state)
+
+    def _sync_host_to_buffers(self) -> None:
+        if not self._book.stale:
+            self.steps.fill_(self._book.steps)
+            self.accumulated.copy_(torch.tensor(self._book.accumulated).view_as(self.accumulated))
+
+    def _host(self) -> _HostBook:
+        """The host-side bookkeeping, rebuilt from the buffers after a load."""
+        book = self._book
+        if book.stale:
+            book.rebuild(
+                self.steps,
+                self.accumulated,
+                self.replacements,
+                self.age,
+                self._slices,
+                self.config.maturity_threshold,
+            )
+        return book
+
+    def replacement_counts(self) -> list[int]:
+        """Units replaced so far in each layer (summed over seeds)."""
+        return [sum(column) for column in zip(*self._host().replacements, strict=True)]
+
+    # ------------------------------------------------------------------------ the step
+    def generate_and_test(
+        self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
+    ) -> list[Replacement]:
+        """One generate-and-test step on the activations of the latest forward pass.
+
+        ``activations[l]`` is ``[*seeds, M, units]``, or ``[*seeds, M, units, P]`` where a unit
+        has P positions (a conv channel); M is the number of examples.
+        Updates the statistics, replaces units in place and returns what it replaced.
+        """
+        if len(activations) != len(self.layer_sizes) or len(layouts) != len(self.layer_sizes):
+            raise ValueError(
+                f"expected {len(self.layer_sizes)} activation tensors and layouts, got "
+                f"{len(activations)} and {len(layouts)}"
+            )
+        if self.config.replacement_rate == 0.0:
+            return []  # the reference skips the whole step, statistics included
+        with _NO_GRAD:
+            return self._generate_and_test(activations, layouts)
+
+    def _generate_and_test(
+        self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
+    ) -> list[Replacement]:
+        book = self._host()
+        book.steps += 1
+        buffers = self._buffers
+        age, decay_power, one = buffers["age"], buffers["decay_power"], buffers["_one"]
+        assert age is not None and decay_power is not None and one is not None
+        age.add_(one)  # a tensor operand: cheaper than wrapping a Python scalar
+        decay_power.mul_(self.config.decay_rate)
+        self._update_utility(activations, layouts)
+        return self._replace_units(layouts)
+
+    def _update_utility(self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]) -> None:
+        cfg = self.config
+        weight = 1.0 - cfg.decay_rate
+        buffers = self._buffers  # direct access: this is the hot path
+        mean_activation, utility = buffers["mean_activation"], buffers["utility"]
+        assert mean_activation is not None and utility is not None
+        per_unit = _PerUnitReducer(activations, self.lead)
+        mean_activation.lerp_(per_unit.mean(), weight)
+        kind = cfg.utility
+        if kind == "random":
+            return
+        if kind in _NEEDS_DEVIATION:
+            decay_power = buffers["decay_power"]
+            assert decay_power is not None
+            f_hat = mean_activation / torch.rsub(decay_power, 1.0)
+            spread = per_unit.mean_abs_deviation(f_hat, self._slices)
+        elif kind == "contribution":
+            spread = per_unit.mean_abs()
+        if (self._book.steps - 1) % cfg.magnitude_every == 0:
+            self._magnitude_plan(layouts).run()
+        in_magnitude, out_magnitude = buffers["in_magnitude"], buffers["out_magnitude"]
+        assert in_magnitude is not None and out_magnitude is not None
+        if kind == "contribution" or kind == "zero_contribution":
+            instant = spread.mul_(out_magnitude)
+        elif kind == "adaptable_contribution":
+            instant = spread.mul_(out_magnitude).div_(in_magnitude)
+        elif kind == "feature_by_input":
+            instant = spread.div_(in_magnitude)
+        elif kind == "weight":
+            instant = out_magnitude
+        else:  # adaptation
+            instant = in_magnitude.reciprocal()
+        utility.lerp_(instant, weight)
+
+    def _magnitude_plan(self, layouts: Sequence[UnitLayout]) -> _MagnitudePlan:
+        """The cached plan computing weight magnitudes, rebuilt when a tensor object changes."""
+        tensors = [self.in_magnitude, self.out_magnitude]
+        for layout in layouts:
+            tensors += [layout.in_weight, layout.out_weight]
+        key = tuple(map(id, tensors))
+        if self._magnitudes is None or self._magnitudes.key != key:
+            self._magnitudes = _MagnitudePlan(self, layouts, key)
+        return self._magnitudes
+
+    def _bias_correction(self, seed: int, layer: int) -> Tensor:
+        return torch.rsub(self._state_view(self.decay_power, seed, layer), 1.0)
+
+    def _replace_units(self, layouts: Sequence[UnitLayout]) -> list[Replacement]:
+        done = []
+        for seed, layer, count in self._book.plan(self.config, self._generators):
+            units = self._select(seed, layer, count)
+            self._replace(layouts[layer], seed, layer, units)
+            done.append(Replacement(layer, seed, units))
+        return done
+
+    def _state_view(self, tensor: Tensor, seed: int, layer: int) -> Tensor:
+        span = self._slices[layer]
+        return tensor[seed, span] if self.lead else tensor[span]
+
+    def _select(self, seed: int, layer: int, count: int) -> Tensor:
+        """The ``count`` eligible units of lowest bias-corrected utility."""
+        age = self._state_view(self.age, seed, layer)
+        if self.config.utility == "random":
+            score = torch.rand(len(age), generator=self._generators[seed]).to(age.device)
+        else:
+            score = self._state_view(self.utility, seed, layer) / self._bias_correction(seed, layer)
+        score = score.masked_fill(age <= self.config.maturity_threshold, math.inf)
+        return torch.topk(score, count, largest=False, sorted=False).indices
+
+    def _replace(self, layout: UnitLayout, seed: int, layer: int, units: Tensor) -> None:
+        mean_activation = None
+        if self.config.bias_compensation:
+            mean = self._state_view(self.mean_activation, seed, layer)[units]
+            mean_activation = mean / self._bias_correction(seed, layer)[units]
+        fresh = reinit_units(
+            layout, units, self._generators[seed], seed if self.lead else None, mean_activation
+        )
+        for buffer in (self.utility, self.mean_activation, self.age, self.out_magnitude):
+            self._state_view(buffer, seed, layer)[units] = 0
+        self._state_view(self.decay_power, seed, layer)[units] = 1.0
+        if self.config.magnitude_every > 1 and self.config.utility in _NEEDS_IN_MAGNITUDE:
+            self._state_view(self.in_magnitude, seed, layer)[units] = (
+                fresh.abs().flatten(1).mean(1).to(self.in_magnitude)
+            )
+        self._book.replaced(seed, layer, len(units), self.config.maturity_threshold)
+        count = len(units)
+        index = (seed, layer) if self.lead else (layer,)
+        self.replacements[index] += count
+
+
+class _HostBook:
+    """Host-side bookkeeping of the replacement decisions, in plain Python.
+
+    Which units are eligible follows from their ages: a unit replaced at step ``r`` becomes
+    eligible at step ``r + mt + 1``. Counting that on the host means deciding how many units to
+    replace needs no device round trip and no per-step tensor op. Accumulators are Python
+    floats (float64), as in the reference. The buffers stay the source of truth after a load.
+    """
+
+    def __init__(self, num_seeds: int, num_layers: int) -> None:
+        self.steps = 0
+        self.accumulated = [[0.0] * num_layers for _ in range(num_seeds)]
+        self.replacements = [[0] * num_layers for _ in range(num_seeds)]
+        self.eligible = [[0] * num_layers for _ in range(num_seeds)]
+        self.maturing: deque[tuple[int, int, int, int]] = deque()  # (step, seed, layer, count)
+        self.stale = True
+
+    def rebuild(
+        self,
+        steps: Tensor,
+        accumulated: Tensor,
+        replacements: Tensor,
+        age: Tensor,
+        spans: Sequence[slice],
+        maturity_threshold: int,
+    ) -> None:
+        seeds = len(self.eligible)
+        self.steps = int(steps.item())
+        self.accumulated = accumulated.detach().cpu().double().reshape(seeds, -1).tolist()
+        self.replacements = replacements.detach().cpu().reshape(seeds, -1).tolist()
+        ages = age.detach().cpu().numpy().reshape(seeds, -1)
+        pending = []
+        for layer, span in enumerate(spans):
+            for seed in range(seeds):
+                layer_ages = ages[seed, span]
+                self.eligible[seed][layer] = int((layer_ages > maturity_threshold).sum())
+                young, counts = np.unique(
+                    layer_ages[layer_ages <= maturity_threshold], return_counts=True
+                )
+                for unit_age, count in zip(young.tolist(), counts.tolist(), strict=True):
+                    ready = self.steps + maturity_threshold + 1 - unit_age
+                    pending.append((ready, seed, layer, count))
+        self.maturing = deque(sorted(pending))
+        self.stale = False
+
+    def plan(
+        self, config: CBPConfig, generators: Sequence[torch.Generator]
+    ) -> list[tuple[int, int, int]]:
+        """``(seed, layer, count)`` of the units to replace at this step."""
+        maturing, eligible = self.maturing, self.eligible
+        while maturing and maturing[0][0] <= self.steps:
+            _, seed, layer, count = maturing.popleft()
+            eligible[seed][layer] += count
+        rate = config.replacement_rate
+        plan = []
+        for seed, row in enumerate(eligible):
+            draws: list[float] | None = None
+            for layer, count in enumerate(row):
+                if not count:
+                    continue  # nothing eligible: no accrual either, as in the reference
+                expected = rate * count
+                if config.accumulate:
+                    total = self.accumulated[seed][layer] + expected
+                    chosen = int(total)
+                    self.accumulated[seed][layer] = total - chosen
+                elif expected < 1.0:
+                    if draws is None:
+                        draws = torch.rand(len(row), generator=generators[seed]).tolist()
+                    chosen = 1 if draws[layer] <= expected else 0
+                else:
+                    chosen = int(expected)
+                if chosen:
+                    plan.append((seed, layer, min(chosen, count)))
+        return plan
+
+    def replaced(self, seed: int, layer: int, count: int, maturity_threshold: int) -> None:
+        self.eligible[seed][layer] -= count
+        self.maturing.append((self.steps + maturity_threshold + 1, seed, layer, count))
+        self.replacements[seed][layer] += count
+
+
+class _PerUnitReducer:
+    """Per-unit batch statistics of the activations, over all layers at once where possible.
+
+    Activations are ``[*seeds, M, units]`` (dense layers) or ``[*seeds, M, units, P]``. When
+    all are dense with the same M, they are concatenated once (``[*seeds, units]`` for a
+    single example, else ``[*seeds, M, units]``) and each statistic is one op over all layers.
+    """
+
+    def __init__(self, activations: Sequence[Tensor], lead: int) -> None:
+        self.layers = [h if h.ndim == lead + 3 else h.unsqueeze(-1) for h in activations]
+        self.reduce = (lead, lead + 2)
+        examples = activations[0].shape[lead]
+        self.single = examples == 1
+        self.flat: Tensor | None = None
+        if all(h.ndim == lead + 2 and h.shape[lead] == examples for h in activations):
+            self.flat = torch.cat(list(activations), dim=-1)
+            if self.single:
+                self.flat = self.flat.squeeze(-2)
+
+    def mean(self) -> Tensor:
+        if self.flat is None:
+            return torch.cat([h.mean(self.reduce) for h in self.layers], dim=-1)
+        return self.flat if self.single else self.flat.mean(-2)
+
+    def mean_abs(self) -> Tensor:
+        if self.flat is None:
+            return torch.cat([h.abs().mean(self.reduce) for h in self.layers], dim=-1)
+        return self.flat.abs() if self.single else self.flat.abs().mean(-2)
+
+    def mean_abs_deviation(self, center: Tensor, spans: Sequence[slice]) -> Tensor:
+        """``mean |h - center|`` per unit; ``center`` is ``[*seeds, units]``."""
+        if self.flat is None:
+            return torch.cat(
+                [
+                    h.sub(center[..., span].unsqueeze(-2).unsqueeze(-1)).abs_().mean(self.reduce)
+                    for h, span in zip(self.layers, spans, strict=True)
+                ],
+                dim=-1,
+            )
+        if self.single:
+            return self.flat.sub(center).abs_()
+        return self.flat.sub(center.unsqueeze(-2)).abs_().mean(-2)
+
+
+class _MagnitudePlan:
+    """Mean absolute incoming and outgoing weight of every unit, as a fixed list of tensor ops.
+
+    Each weight tensor is made absolute once per refresh, into a buffer kept between steps, and
+    serves both the layer it feeds (its rows) and the layer it reads from (its columns). Sums go
+    straight into the magnitude buffers; one multiply per buffer turns them into means.
+    """
+
+    def __init__(self, core: GenerateAndTest, layouts: Sequence[UnitLayout], key: tuple) -> None:
+        self.key = key
+        self.keep = list(key)  # holding the tensors keeps their ids unique
+        self.absolute: dict[int, tuple[Tensor, Tensor]] = {}
+        self.sums: list[tuple[Tensor, list[int], Tensor]] = []
+        self.scales: list[tuple[Tensor, Tensor]] = []
+        utility, lead = core.config.utility, core.lead
+        for magnitude, needed, pick in (
+            (core.in_magnitude, _NEEDS_IN_MAGNITUDE, _incoming_view),
+            (core.out_magnitude, _NEEDS_OUT_MAGNITUDE, _outgoing_view),
+        ):
+            if utility not in needed:
+                continue
+            inverse_counts = torch.empty_like(magnitude)
+            for layout, span in zip(layouts, core._slices, strict=True):
+                base, viewed, unit_dim = pick(layout)
+                absolute = self._absolute(base).view(viewed.shape)
+                dims = [d for d in range(lead, viewed.ndim) if d != unit_dim]
+                self.sums.append((absolute, dims, magnitude[..., span]))
+                inverse_counts[..., span] = 1.0 / math.prod(viewed.shape[d] for d in dims)
+            self.scales.append((magnitude, inverse_counts))
+
+    def _absolute(self, weight: Tensor) -> Tensor:
+        if id(weight) not in self.absolute:
+            buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            self.absolute[id(weight)] = (weight, buffer)
+        return self.absolute[id(weight)][1]
+
+    def run(self) -> None:
+        for weight, buffer in self.absolute.values():
+            torch.abs(weight, out=buffer)
+        for absolute, dims, out in self.sums:
+            torch.sum(absolute, dim=dims, out=out)
+        for magnitude, inverse_counts in self.scales:
+            magnitude.mul_(inverse_counts)
+
+
+def _incoming_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:
+    return layout.in_weight, layout.in_weight, layout.in_unit_dim
+
+
+def _outgoing_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:
+    return layout.out_weight, layout.outgoing(), layout.out_unit_dim
+
+
+def _seed_list(seeds: Sequence[int] | int | None, count: int) -> list[int]:
+    if seeds is None:
+        base = int(torch.randint(0, 2**62, (1,)).item())
+        return [base + i for i in range(count)]
+    if isinstance(seeds, int):
+        return [seeds + i for i in range(count)]
+    if len(seeds) != count:
+        raise ValueError(f"got {len(seeds)} seeds for {count} seed slots")
+    return [int(s) for s in seeds]
+
+
+def _sync_before_save(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    assert isinstance(module, GenerateAndTest)
+    module._sync_host_to_buffers()
+
+
+def _mark_stale_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    assert isinstance(module, GenerateAndTest)
+    module._book.stale = True
+
+
+# --------------------------------------------------------------------------------- module
+def layout_of(layer: HiddenLayer, bound: float) -> UnitLayout:
+    """The :class:`UnitLayout` of a hidden layer of an ``nn.Module``."""
+    out_viewed, out_unit_dim = layer.outgoing_weight_view()
+    out_weight = layer.outgoing.weight
+    out_view = None if out_viewed.shape == out_weight.shape else tuple(out_viewed.shape)
+    resets: list[tuple[Tensor, float]] = []
+    norm = layer.norm
+    if norm is not None:
+        if norm.weight is not None:
+            resets.append((norm.weight, 1.0))
+        if norm.bias is not None:
+            resets.append((norm.bias, 0.0))
+        if isinstance(norm, nn.BatchNorm1d | nn.BatchNorm2d):
+            if isinstance(norm.running_mean, Tensor):
+                resets.append((norm.running_mean, 0.0))
+            if isinstance(norm.running_var, Tensor):
+                resets.append((norm.running_var, 1.0))
+    return UnitLayout(
+        in_weight=layer.incoming.weight,
+        in_unit_dim=0,
+        in_bias=layer.incoming.bias,
+        out_weight=out_weight,
+        out_unit_dim=out_unit_dim,
+        bound=bound,
+        out_bias=layer.outgoing.bias,
+        norm_resets=resets,
+        out_view=out_view,
+    )
+
+
+def reset_units_optimizer_state(
+    optimizer: torch.optim.Optimizer, layer: HiddenLayer, units: Tensor
+) -> None:
+    """Zero the optimizer state of replaced units: incoming rows and bias, outgoing columns."""
+    reset_unit_state(optimizer, layer.incoming.weight, 0, units)
+    if layer.incoming.bias is not None:
+        reset_unit_state(optimizer, layer.incoming.bias, 0, units)
+    out_shape = layer.outgoing_weight_view()[0].shape
+    reset_unit_state(optimizer, layer.outgoing.weight, 1, units, view_shape=out_shape)
+
+
+def check_optimizer_reset(
+    optimizer: torch.optim.Optimizer | None, reset_optimizer_state: bool | None
+) -> bool:
+    """Resolve the optimizer-reset policy; ``None`` resets only a :class:`ResettableAdam`."""
+    if reset_optimizer_state is None:
+        return isinstance(optimizer, ResettableAdam)
+    if reset_optimizer_state:
+        if optimizer is None:
+            raise ValueError("reset_optimizer_state=True needs the optimizer: pass it as `opt`")
+        if not isinstance(optimizer, RESETTABLE_OPTIMIZERS):
+            names = ", ".join(t.__name__ for t in RESETTABLE_OPTIMIZERS)
+            raise ValueError(
+                f"cannot reset the state of {type(optimizer).__name__}; supported: {names}"
+            )
+    return bool(reset_optimizer_state)
+
+
+class ContinualBackprop(GenerateAndTest):
+    """Continual backpropagation for the hidden layers of any network.
+
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    >>> cbp = ContinualBackprop(net, opt, replacement_rate=1e-4, maturity_threshold=100)
+    >>> loss = net(torch.randn(3, 4)).pow(2).mean()
+    >>> opt.zero_grad(); loss.backward(); opt.step()
+    >>> cbp.step()   # generate-and-test on the activations of that forward pass
+    0
+
+    Hidden layers are found in ``nn.Sequential`` and nested modules (Linear or Conv2d, optional
+    LayerNorm/BatchNorm, an activation, then the next Linear or Conv2d, across a Flatten too),
+    or given as ``layers=[(incoming, activation, outgoing[, norm]), ...]``. The defaults follow
+    the reference code: no optimizer reset except with :class:`~cbp_rl.optim.ResettableAdam`,
+    and the reference's no-op bias compensation (``bias_compensation=True`` makes it real).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        opt: torch.optim.Optimizer | None = None,
+        *,
+        replacement_rate: float = 1e-4,
+        maturity_threshold: int = 100,
+        decay_rate: float = 0.99,
+        utility: str = "contribution",
+        init: str = "kaiming",
+        accumulate: bool = False,
+        bias_compensation: bool = False,
+        magnitude_every: int = 1,
+        reset_optimizer_state: bool | None = None,
+        layers: Sequence[LayerSpec] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        config = CBPConfig(
+            replacement_rate=replacement_rate,
+            maturity_threshold=maturity_threshold,
+            decay_rate=decay_rate,
+            utility=utility,
+            init=init,
+            accumulate=accumulate,
+            bias_compensation=bias_compensation,
+            magnitude_every=magnitude_every,
+        )
+        hidden = resolve_hidden_layers(net, layers)
+        weight = hidden[0].incoming.weight
+        super().__init__(
+            [layer.num_units for layer in hidden],
+            config,
+            seeds=None if seed is None else [seed],
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        self.hidden_layers = tuple(hidden)
+        self.optimizer = opt
+        self.reset_optimizer = check_optimizer_reset(opt, reset_optimizer_state)
+        self.bounds = tuple(replacement_bound(layer, init) for layer in hidden)
+        self._recorder = ActivationRecorder(hidden)
+        self._layout_key: tuple[int, ...] = ()
+        self._layer_modules = [
+            module
+            for layer in hidden
+            for module in (layer.incoming, layer.outgoing, layer.norm)
+            if module is not None
+        ]
+        self._layout_cache: list[UnitLayout] = []
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        names = ", ".join(
+            f"{layer.name or i}:{layer.num_units}" for i, layer in enumerate(self.hidden_layers)
+        )
+        return (
+            f"layers=[{names}], replacement_rate={cfg.replacement_rate}, "
+            f"maturity_threshold={cfg.maturity_threshold}, decay_rate={cfg.decay_rate}, "
+            f"utility={cfg.utility!r}, init={cfg.init!r}, accumulate={cfg.accumulate}"
+        )
+
+    def step(self) -> int:
+        """Generate-and-test on the latest forward pass; returns the number of units replaced."""
+        activations = self._recorder.latest()
+        self._recorder.clear()
+        layouts = self._layouts()
+        self._follow_device(layouts)
+        replaced = self.generate_and_test(activations, layouts)
+        if self.reset_optimizer and self.optimizer is not None:
+            for event in replaced:
+                reset_units_optimizer_state(
+                    self.optimizer, self.hidden_layers[event.layer], event.units
+                )
+        return sum(len(event.units) for event in replaced)
+
+    def _layouts(self) -> list[UnitLayout]:
+        """The layouts, rebuilt only when a parameter or buffer object was swapped."""
+        key = tuple(
+            id(t)
+            for module in self._layer_modules
+            for table in (module._parameters, module._buffers)
+            for t in table.values()
+        )
+        if key != self._layout_key:
+            self._layout_cache = [
+                layout_of(layer, bound)
+                for layer, bound in zip(self.hidden_layers, self.bounds, strict=True)
+            ]
+            self._layout_key = key
+        return self._layout_cache
+
+    def _follow_device(self, layouts: Sequence[UnitLayout]) -> None:
+        utility = self._buffers["utility"]
+        if utility is not None and utility.device != layouts[0].in_weight.device:
+            self.to(layouts[0].in_weight.device)
+
+    def remove(self) -> None:
+        """Detach from the network (removes the forward hooks)."""
+        self._recorder.remove()
+
+
+def replacement_bound(layer: HiddenLayer, init: str) -> float:
+    """Half-width of the uniform distribution of a hidden layer's new incoming weights."""
+    fan_in, fan_out = fan_in_out(layer.incoming)
+    return init_bound(init, fan_in, fan_out, layer.gain)
+
+
+__all__ = [
+    "INIT_NAMES",
+    "UTILITY_NAMES",
+    "CBPConfig",
+    "ContinualBackprop",
+    "GenerateAndTest",
+    "Replacement",
+    "UnitLayout",
+    "layout_of",
+    "reinit_units",
+]

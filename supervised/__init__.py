@@ -1,0 +1,1 @@
+"""cbp_rl.supervised."""
