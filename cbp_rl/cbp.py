@@ -177,9 +177,9 @@ class GenerateAndTest(nn.Module):
     ``layer_sizes`` gives the number of units per hidden layer. With ``num_seeds`` set, every
     statistic has a leading seed dimension and each seed has its own random generator, so seed
     ``s`` of a batched run makes the same decisions as a single run seeded ``seeds[s]``.
-    State (``utility``, ``mean_activation``, ``age``, ``accumulated``, ``replacements``,
-    ``steps``, cached magnitudes) lives in buffers, the generators in the extra state, so
-    ``state_dict()`` holds all of it.
+    State (``utility``, ``mean_activation``, ``age``, ``decay_power`` = eta^age,
+    ``accumulated``, ``replacements``, ``steps``, cached magnitudes) lives in buffers, the
+    generators in the extra state, so ``state_dict()`` holds all of it.
     """
 
     utility: Tensor
@@ -307,7 +307,7 @@ class GenerateAndTest(nn.Module):
         buffers = self._buffers  # direct access: this is the hot path
         mean_activation, utility = buffers["mean_activation"], buffers["utility"]
         assert mean_activation is not None and utility is not None
-        per_unit = _PerUnitReducer(activations, self.lead)
+        per_unit = _PerUnitReducer(activations, self.lead, utility.dtype)
         mean_activation.lerp_(per_unit.mean(), weight)
         kind = cfg.utility
         if kind == "random":
@@ -480,7 +480,9 @@ class _PerUnitReducer:
     single example, else ``[*seeds, M, units]``) and each statistic is one op over all layers.
     """
 
-    def __init__(self, activations: Sequence[Tensor], lead: int) -> None:
+    def __init__(self, activations: Sequence[Tensor], lead: int, dtype: torch.dtype) -> None:
+        if any(h.dtype != dtype for h in activations):  # e.g. recorded under autocast
+            activations = [h.to(dtype) for h in activations]
         self.layers = [h if h.ndim == lead + 3 else h.unsqueeze(-1) for h in activations]
         self.reduce = (lead, lead + 2)
         examples = activations[0].shape[lead]
@@ -519,16 +521,17 @@ class _PerUnitReducer:
 class _MagnitudePlan:
     """Mean absolute incoming and outgoing weight of every unit, as a fixed list of tensor ops.
 
-    Each weight tensor is made absolute once per refresh, into a buffer kept between steps, and
-    serves both the layer it feeds (its rows) and the layer it reads from (its columns). Sums go
-    straight into the magnitude buffers; one multiply per buffer turns them into means.
+    Each weight tensor is made absolute once per refresh and serves both the layer it feeds (its
+    rows) and the layer it reads from (its columns). Large tensors go in blocks of about
+    :data:`_BLOCK_BYTES` along their first dimension (seeds, or the units of the layer they feed),
+    so each block's absolute values are reduced while still in cache and the weights are read
+    from memory once. One multiply per magnitude buffer turns the sums into means.
     """
 
     def __init__(self, core: GenerateAndTest, layouts: Sequence[UnitLayout], key: tuple) -> None:
         self.key = key
         self.keep = list(key)  # holding the tensors keeps their ids unique
-        self.absolute: dict[int, tuple[Tensor, Tensor]] = {}
-        self.sums: list[tuple[Tensor, list[int], Tensor]] = []
+        self.weights: dict[int, _BlockedAbsolute] = {}
         self.scales: list[tuple[Tensor, Tensor]] = []
         utility, lead = core.config.utility, core.lead
         for magnitude, needed, pick in (
@@ -540,25 +543,51 @@ class _MagnitudePlan:
             inverse_counts = torch.empty_like(magnitude)
             for layout, span in zip(layouts, core._slices, strict=True):
                 base, viewed, unit_dim = pick(layout)
-                absolute = self._absolute(base).view(viewed.shape)
                 dims = [d for d in range(lead, viewed.ndim) if d != unit_dim]
-                self.sums.append((absolute, dims, magnitude[..., span]))
+                blocked = self.weights.setdefault(id(base), _BlockedAbsolute(base))
+                blocked.add_use(viewed.shape, dims, magnitude[..., span])
                 inverse_counts[..., span] = 1.0 / math.prod(viewed.shape[d] for d in dims)
             self.scales.append((magnitude, inverse_counts))
 
-    def _absolute(self, weight: Tensor) -> Tensor:
-        if id(weight) not in self.absolute:
-            buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
-            self.absolute[id(weight)] = (weight, buffer)
-        return self.absolute[id(weight)][1]
-
     def run(self) -> None:
-        for weight, buffer in self.absolute.values():
-            torch.abs(weight, out=buffer)
-        for absolute, dims, out in self.sums:
-            torch.sum(absolute, dim=dims, out=out)
+        for blocked in self.weights.values():
+            blocked.reduce()
         for magnitude, inverse_counts in self.scales:
             magnitude.mul_(inverse_counts)
+
+
+_BLOCK_BYTES = 2 << 20
+
+
+class _BlockedAbsolute:
+    """Sums of ``|weight|`` over some dimensions, computed block by block along dimension 0."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        row_bytes = max(1, weight[0].numel() * weight.element_size()) if weight.ndim else 1
+        self.rows = max(1, min(len(weight), _BLOCK_BYTES // row_bytes)) if weight.ndim else 1
+        self.scratch = torch.empty(
+            (self.rows, *weight.shape[1:]), dtype=weight.dtype, device=weight.device
+        )
+        # (shape of a block as the use views it, reduced dims, output, dim 0 reduced?)
+        self.uses: list[tuple[tuple[int, ...], list[int], Tensor, bool]] = []
+
+    def add_use(self, viewed_shape: torch.Size, dims: list[int], out: Tensor) -> None:
+        self.uses.append((tuple(viewed_shape[1:]), dims, out, 0 in dims))
+
+    def reduce(self) -> None:
+        weight, rows = self.weight, self.rows
+        for start in range(0, len(weight), rows):
+            block = self.scratch[: min(rows, len(weight) - start)]
+            torch.abs(weight[start : start + rows], out=block)
+            for tail, dims, out, across_blocks in self.uses:
+                viewed = block.view(len(block), *tail)
+                if not across_blocks:
+                    torch.sum(viewed, dim=dims, out=out[start : start + len(block)])
+                elif start == 0:
+                    torch.sum(viewed, dim=dims, out=out)
+                else:
+                    out.add_(viewed.sum(dim=dims))
 
 
 def _incoming_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:

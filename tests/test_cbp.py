@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbp_rl import CBPConfig, ContinualBackprop, GenerateAndTest, ResettableAdam
+from cbp_rl import cbp as cbp_module
 from cbp_rl.cbp import UTILITY_NAMES, UnitLayout
 
 
@@ -83,8 +84,16 @@ def hidden_features(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     return features
 
 
+@pytest.fixture(params=["whole", "blocks"])
+def block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Weight magnitudes computed over whole tensors, or forced into many small blocks."""
+    if request.param == "blocks":
+        monkeypatch.setattr(cbp_module, "_BLOCK_BYTES", 40)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("utility", [u for u in UTILITY_NAMES if u != "random"])
-def test_utilities_match_the_reference_computation(utility: str) -> None:
+def test_utilities_match_the_reference_computation(utility: str, block_bytes: str) -> None:
     net = small_mlp()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     cbp = ContinualBackprop(
@@ -390,7 +399,7 @@ def test_conv_to_conv_and_conv_to_flatten_to_linear() -> None:
     assert torch.all(net[0].weight[first].abs() <= bound)
 
 
-def test_conv_utility_averages_over_positions() -> None:
+def test_conv_utility_averages_over_positions(block_bytes: str) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4, 2))
     cbp = ContinualBackprop(net, None, replacement_rate=0.1, maturity_threshold=100, decay_rate=0.0)
@@ -548,7 +557,7 @@ def test_zero_replacement_rate_is_a_no_op() -> None:
     assert int(cbp.age.sum()) == 0
 
 
-def test_batched_seeds_equal_single_runs() -> None:
+def test_batched_seeds_equal_single_runs(block_bytes: str) -> None:
     """The core over stacked [S, in, out] weights decides as S single modules do."""
     seeds, widths = [11, 12, 13], (7, 5)
     nets = [small_mlp(seed=s, widths=widths) for s in seeds]
@@ -662,3 +671,12 @@ def test_magnitude_every_learns_like_the_exact_path(
     assert max(abs(a - b) for a, b in zip(exact, cheap, strict=True)) < 0.05
     assert replaced_exact > 100
     assert abs(replaced_exact - replaced_cheap) <= 0.05 * replaced_exact
+
+
+def test_low_precision_activations_are_accepted() -> None:
+    net = small_mlp(widths=(8,))
+    cbp = ContinualBackprop(net, None, replacement_rate=0.25, maturity_threshold=0, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(torch.randn(4, 4))
+    assert cbp.step() == 2
+    assert cbp.utility.dtype == torch.float32 and torch.all(torch.isfinite(cbp.utility))
