@@ -82,13 +82,15 @@ class ModelParameter(ABC):
         name: the parameter's name (``"friction"``, ``"body_mass_scale"``, ``"dof_damping"``...).
         info_key: the key under which wrappers report its value in ``info``.
         fields: the ``MjModel`` fields it writes; two parameters writing the same field conflict.
-        minimum: the smallest valid value (inclusive).
+        minimum: the smallest valid value, itself valid unless ``positive``.
+        positive: values must be above ``minimum`` (a body needs a positive mass).
     """
 
     name: str
     info_key: str
     fields: frozenset[str]
     minimum: float = 0.0
+    positive: bool = False
 
     def __init__(self, model: mujoco.MjModel) -> None:
         self.model = model
@@ -105,10 +107,11 @@ class ModelParameter(ABC):
     def check(self, value: float, what: str = "value") -> float:
         """``value`` as a float; ``ValueError`` if it is not finite or below ``minimum``."""
         value = float(value)
-        if not math.isfinite(value) or value < self.minimum:
+        too_small = value <= self.minimum if self.positive else value < self.minimum
+        if not math.isfinite(value) or too_small:
+            bound = f"{'>' if self.positive else '>='} {self.minimum:g}"
             raise ValueError(
-                f"{what} {value!r} is not a valid {self.name}: it must be a finite number "
-                f">= {self.minimum:g}"
+                f"{what} {value!r} is not a valid {self.name}: it must be a finite number {bound}"
             )
         return value
 
@@ -186,7 +189,7 @@ class BodyMassScale(ModelParameter):
     name = "body_mass_scale"
     info_key = "body_mass_scale"
     fields = frozenset({"body_mass", "body_inertia"})
-    minimum = float(np.finfo(np.float64).tiny)  # a body needs a positive mass
+    positive = True
 
     def __init__(self, model: mujoco.MjModel) -> None:
         super().__init__(model)
