@@ -157,7 +157,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=10.0, help="per variant")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (2 stalls when the other core is busy)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -248,7 +248,9 @@ class GenerateAndTest(nn.Module):
     def _sync_host_to_buffers(self) -> None:
         if not self._book.stale:
             self.steps.fill_(self._book.steps)
-            self.accumulated.copy_(torch.tensor(self._book.accumulated).view_as(self.accumulated))
+            self.accumulated.copy_(
+                torch.tensor(self._book.accumulated, dtype=torch.float64).view_as(self.accumulated)
+            )
 
     def _host(self) -> _HostBook:
         """The host-side bookkeeping, rebuilt from the buffers after a load."""
@@ -516,12 +518,19 @@ class _PerUnitReducer:
         return self.flat.sub(center.unsqueeze(-2)).abs_().mean(-2)
 
 
+_CHUNKED_ABS_BYTES = 8 * 2**20
+"""Weights at least this large (bytes) are made absolute a block at a time (see
+:class:`_BlockwiseSums`); smaller ones fit in cache whole."""
+_ABS_BLOCK_BYTES = 2**20
+
+
 class _MagnitudePlan:
     """Mean absolute incoming and outgoing weight of every unit, as a fixed list of tensor ops.
 
     Each weight tensor is made absolute once per refresh, into a buffer kept between steps, and
     serves both the layer it feeds (its rows) and the layer it reads from (its columns). Sums go
-    straight into the magnitude buffers; one multiply per buffer turns them into means.
+    straight into the magnitude buffers; one multiply per buffer turns them into means. Large
+    weights are processed a cache-sized block at a time instead (:class:`_BlockwiseSums`).
     """
 
     def __init__(self, core: GenerateAndTest, layouts: Sequence[UnitLayout], key: tuple) -> None:
@@ -531,6 +540,7 @@ class _MagnitudePlan:
         self.sums: list[tuple[Tensor, list[int], Tensor]] = []
         self.scales: list[tuple[Tensor, Tensor]] = []
         utility, lead = core.config.utility, core.lead
+        entries: list[tuple[Tensor, Tensor, list[int], Tensor]] = []
         for magnitude, needed, pick in (
             (core.in_magnitude, _NEEDS_IN_MAGNITUDE, _incoming_view),
             (core.out_magnitude, _NEEDS_OUT_MAGNITUDE, _outgoing_view),
@@ -540,11 +550,16 @@ class _MagnitudePlan:
             inverse_counts = torch.empty_like(magnitude)
             for layout, span in zip(layouts, core._slices, strict=True):
                 base, viewed, unit_dim = pick(layout)
-                absolute = self._absolute(base).view(viewed.shape)
                 dims = [d for d in range(lead, viewed.ndim) if d != unit_dim]
-                self.sums.append((absolute, dims, magnitude[..., span]))
+                entries.append((base, viewed, dims, magnitude[..., span]))
                 inverse_counts[..., span] = 1.0 / math.prod(viewed.shape[d] for d in dims)
             self.scales.append((magnitude, inverse_counts))
+        self.blockwise = _blockwise(entries)
+        blocked = {id(b.weight) for b in self.blockwise}
+        for base, viewed, dims, out in entries:
+            if id(base) not in blocked:
+                absolute = self._absolute(base).view(viewed.shape)
+                self.sums.append((absolute, dims, out))
 
     def _absolute(self, weight: Tensor) -> Tensor:
         if id(weight) not in self.absolute:
@@ -557,8 +572,66 @@ class _MagnitudePlan:
             torch.abs(weight, out=buffer)
         for absolute, dims, out in self.sums:
             torch.sum(absolute, dim=dims, out=out)
+        for blockwise in self.blockwise:
+            blockwise.run()
         for magnitude, inverse_counts in self.scales:
             magnitude.mul_(inverse_counts)
+
+
+def _blockwise(entries: Sequence[tuple[Tensor, Tensor, list[int], Tensor]]) -> list[_BlockwiseSums]:
+    """Blockwise sums for the large, contiguous weights read without a reshaping view."""
+    groups: dict[int, tuple[Tensor, list[tuple[list[int], Tensor]]]] = {}
+    reshaped: set[int] = set()
+    for base, viewed, dims, out in entries:
+        if viewed.shape != base.shape:
+            reshaped.add(id(base))
+        groups.setdefault(id(base), (base, []))[1].append((dims, out))
+    return [
+        _BlockwiseSums(base, sums)
+        for key, (base, sums) in groups.items()
+        if key not in reshaped
+        and base.is_contiguous()
+        and base.numel() * base.element_size() >= _CHUNKED_ABS_BYTES
+    ]
+
+
+class _BlockwiseSums:
+    """Sums of ``|W|`` over some dimensions of one large weight, a block at a time.
+
+    The absolute block stays in cache for the sums that read it, instead of a full ``|W|``
+    going to memory and back (about twice as fast on a 2000 x 2000 weight). Blocks run along
+    the weight's largest dimension; sums over it accumulate, sums keeping it fill slices.
+    """
+
+    def __init__(self, weight: Tensor, sums: list[tuple[list[int], Tensor]]) -> None:
+        self.weight = weight
+        self.dim = max(range(weight.ndim), key=lambda d: weight.shape[d])
+        row_bytes = weight.numel() // weight.shape[self.dim] * weight.element_size()
+        self.size = max(1, min(weight.shape[self.dim], _ABS_BLOCK_BYTES // row_bytes))
+        self.buffer = torch.empty_like(
+            weight.narrow(self.dim, 0, self.size), memory_format=torch.contiguous_format
+        )
+        self.sums: list[tuple[list[int], Tensor, int | None]] = []
+        for dims, out in sums:
+            kept = [d for d in range(weight.ndim) if d not in dims]
+            position = kept.index(self.dim) if self.dim in kept else None
+            self.sums.append((dims, out, position))
+
+    def run(self) -> None:
+        for _, out, position in self.sums:
+            if position is None:
+                out.zero_()
+        length = self.weight.shape[self.dim]
+        for start in range(0, length, self.size):
+            count = min(self.size, length - start)
+            block = self.weight.narrow(self.dim, start, count)
+            absolute = self.buffer if count == self.size else torch.empty_like(block)
+            torch.abs(block, out=absolute)
+            for dims, out, position in self.sums:
+                if position is None:
+                    out.add_(absolute.sum(dims))
+                else:
+                    out.narrow(position, start, count).copy_(absolute.sum(dims))
 
 
 def _incoming_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:

@@ -286,6 +286,15 @@ def mean_and_stderr(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 # --------------------------------------------------------------------------- drawing
 
 
+def line_points(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(x, mean, stderr, seeds)`` of a line, leaving out x values no seed has (measures
+    taken every few tasks are joined up)."""
+    mean, stderr, count = mean_and_stderr(series.values)
+    keep = count > 0
+    seeds = int(count.max()) if count.size else 0
+    return series.x[keep], mean[keep], stderr[keep], seeds
+
+
 def _file_name(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric).strip("_") + ".png"
 
@@ -306,12 +315,11 @@ def plot_metric(
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
     try:
         for label, series in lines.items():
-            mean, stderr, count = mean_and_stderr(series.values)
-            seeds = int(count.max()) if count.size else 0
+            x, mean, stderr, seeds = line_points(series)
             text = textwrap.fill(f"{label} ({seeds} seed{'s' * (seeds != 1)})", 80)
-            (line,) = ax.plot(series.x, mean, label=text)
+            (line,) = ax.plot(x, mean, label=text, marker="." if len(x) < 30 else None)
             ax.fill_between(
-                series.x, mean - stderr, mean + stderr, color=line.get_color(), alpha=0.25, lw=0
+                x, mean - stderr, mean + stderr, color=line.get_color(), alpha=0.25, lw=0
             )
         ax.set_title(figure.title)
         ax.set_xlabel(figure.xlabel)

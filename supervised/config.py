@@ -226,8 +226,9 @@ class RunConfig:
     saved ones; --tasks may grow)."""
     checkpoint_every: int | None = None
     """Examples between checkpoints; default one task; 0: only at the end and on Ctrl+C."""
-    threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
+    threads: int | None = 1
+    """torch CPU threads; batch-1 steps are too small to share well, and a second thread on a
+    busy core stalls the first; None: torch's choice."""
     device: str = "cpu"
     """cpu, cuda, cuda:N or auto."""
     progress: bool = True

@@ -294,8 +294,6 @@ class PermutedMNISTRun:
 
 def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun:
     """Load the data and build (or restore) the run, its directory and logs."""
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
     images = load_images(
         config.data.dataset,
         config.data.data_dir,
@@ -343,6 +341,16 @@ def run(
     at or before that many examples in all, counting from the run's start, and saves a
     checkpoint, as a signal would: resume with ``run.resume``.
     """
+    threads = torch.get_num_threads()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    try:
+        return _run(config, stop_at_examples, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
     experiment = prepare(config, log)
     total = config.tasks * config.examples_per_task
     limit = total if stop_at_examples is None else min(total, stop_at_examples)

@@ -9,10 +9,12 @@ project's own loader, which checks their md5.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cbp_rl.supervised.data import load_images
 
@@ -47,3 +49,19 @@ def mnist_digits(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 real test digits: images ``[10000, 784]`` in [0, 1], labels ``[10000]``."""
     digits = load_images("mnist", mnist_dir, split="test", download=False)
     return digits.images, digits.labels
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Run a test with one torch thread (restored afterwards).
+
+    Batch-1 training is a long chain of small ops; with two OpenMP threads on a machine whose
+    other core is busy, each op waits for the descheduled thread and a test can run 100x
+    slower. ``pytestmark = pytest.mark.usefixtures("single_thread")`` opts a module in.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
