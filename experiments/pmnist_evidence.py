@@ -9,9 +9,10 @@ permutation every 2,000 examples, 100 tasks, 5 seeds batched in one process. Bac
 (replacement rate 1e-4, maturity 100, adaptable contribution, as in the thesis) see the same
 seeds, permutations and example orders.
 
-Prints, per learner, the online accuracy (mean over seeds, +- standard error) of its best
-10-task block and of the last 10 tasks, and the dead units and effective rank of the last
-hidden layer at the first and last measurement; writes the run directories and the figures
+About 4 minutes here (75 s backprop, 170 s CBP; ``--magnitude-every 10``: 125 s). Prints,
+per learner, the online accuracy (mean over seeds, +- standard error) of its best 10-task
+block and of the last 10 tasks, and the dead units and effective rank of the last hidden layer
+at the first and last measurement; writes the run directories and the figures
 (``python -m cbp_rl.plot``) under ``--out``.
 """
 
@@ -94,7 +95,9 @@ def main() -> None:
     parser.add_argument("--examples-per-task", type=int, default=2000)
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--step-size", type=float, default=0.03)
-    parser.add_argument("--magnitude-every", type=int, default=10, help="CBP's utility refresh")
+    parser.add_argument(
+        "--magnitude-every", type=int, default=1, help="CBP's magnitude refresh (10: faster)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
