@@ -11,6 +11,9 @@ Run by hand, alone on the machine (``flock /tmp/cbp_bench.lock python benchmarks
   baseline here stands in for (and is faster than) the reference's CBP.
 * ``--part paper``: width 2000, one seed, batch 1: the engine's backprop and CBP against the
   same autograd loops. Goal: CBP at 4x the reference's CBP (37 steps/s here; 73 for backprop).
+* ``--part learners``: every learner of ``python -m cbp_rl.train pmnist`` with its defaults
+  (CBP with ``magnitude_every`` 10), S seeds at width 100 against one seed of the same learner
+  in plain PyTorch (``engine.to_module``, ``torch.optim``, ``cbp_rl.methods``).
 
 All variants are timed in alternating rounds in one process, so machine noise hits them alike;
 the ratios printed are the figures to quote.
@@ -26,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from cbp_rl import CBPConfig, ContinualBackprop
+from cbp_rl.methods import ReDo, ShrinkAndPerturb
 from cbp_rl.nets import mlp
+from cbp_rl.supervised.config import LEARNER_NAMES, CBPFlags, NetworkConfig, PermutedMNISTConfig
 from cbp_rl.supervised.engine import BatchedLearner, LearnerSpec, NetworkSpec
 
 Step = Callable[[], int]
@@ -85,6 +90,72 @@ def autograd_step(width: int, cbp_every: int | None) -> Step:
         return 1
 
     return step
+
+
+def learner_steps(name: str, seeds: int, engine: bool) -> Step:
+    """A window of engine steps for S seeds, or one autograd step of the same learner."""
+    config = PermutedMNISTConfig(
+        learner=name,  # type: ignore[arg-type]
+        network=NetworkConfig(width=100),
+        cbp=CBPFlags(magnitude_every=10),
+    )
+    spec = config.learner_spec()
+    learner = BatchedLearner(config.network_spec(), spec, list(range(seeds if engine else 1)))
+    inputs = torch.rand(seeds, 512, 784)
+    labels = torch.randint(0, 10, (seeds, 512))
+    counter = [0]
+    if engine:
+
+        def steps() -> int:
+            i = counter[0] % 16 * 32
+            counter[0] += 1
+            learner.train(inputs[:, i : i + 32], labels[:, i : i + 32])
+            return 32
+
+        return steps
+    net = learner.to_module(0)
+    net.train()
+    if spec.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            net.parameters(), lr=spec.step_size, weight_decay=spec.weight_decay
+        )
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=spec.step_size, weight_decay=spec.weight_decay)
+    methods: list = []
+    if spec.noise_std:
+        methods.append(ShrinkAndPerturb(net, noise_std=spec.noise_std, seed=0))
+    if spec.redo is not None:
+        methods.append(ReDo(net, opt, threshold=spec.redo.threshold, period=spec.redo.period))
+    if spec.cbp is not None:
+        methods.append(ContinualBackprop(net, opt, **vars(spec.cbp), seed=0))
+
+    def step() -> int:
+        i = counter[0] % 512
+        counter[0] += 1
+        loss = F.cross_entropy(net(inputs[0, i : i + 1]), labels[0, i : i + 1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for method in methods:
+            method.step()
+        return 1
+
+    return step
+
+
+def every_learner(seeds: int, seconds: float, rounds: int) -> None:
+    print(f"\nevery learner, width 100, batch 1 ({torch.get_num_threads()} threads)")
+    print(f"  {'learner':<12}{'autograd, 1 seed':>18}{f'engine, {seeds} seeds':>22}{'ratio':>8}")
+    for name in LEARNER_NAMES:
+        variants = {
+            "autograd": (learner_steps(name, 1, engine=False), 1),
+            "engine": (learner_steps(name, seeds, engine=True), seeds),
+        }
+        rates = compare(variants, seconds / 2, rounds)
+        print(
+            f"  {name:<12}{rates['autograd']:>18,.0f}{rates['engine']:>22,.0f}"
+            f"{rates['engine'] / rates['autograd']:>8.1f}"
+        )
 
 
 def timed(step: Step, seconds: float) -> tuple[int, float]:
@@ -153,7 +224,7 @@ def paper_scale(seconds: float, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["seeds", "paper", "all"], default="all")
+    parser.add_argument("--part", choices=["seeds", "paper", "learners", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=10.0, help="per variant")
     parser.add_argument("--rounds", type=int, default=5)
@@ -170,6 +241,8 @@ def main() -> None:
         many_seeds(args.seeds, args.seconds, args.rounds)
     if args.part in ("paper", "all"):
         paper_scale(args.seconds, args.rounds)
+    if args.part in ("learners", "all"):
+        every_learner(args.seeds, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":

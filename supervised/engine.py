@@ -143,7 +143,11 @@ class LearnerSpec:
 
 
 class BatchedAdam:
-    """Adam over stacked parameters; per-element step counts when ``per_element_steps``."""
+    """Adam over stacked parameters; per-element step counts when ``per_element_steps``.
+
+    The arithmetic is ``torch.optim.Adam``'s (or, per element, ``ResettableAdam``'s); scratch
+    tensors are kept between steps, since fresh large tensors cost page faults every step.
+    """
 
     def __init__(
         self,
@@ -160,27 +164,36 @@ class BatchedAdam:
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.steps = [torch.zeros_like(p) for p in params] if per_element_steps else []
         self.step_count = 0
+        self._scratch = [torch.empty_like(p) for p in params]
+        self._grads = [torch.empty_like(p) for p in params]
+
+    def grad_buffer(self, index: int) -> Tensor:
+        """A reusable tensor for the gradient of parameter ``index``."""
+        return self._grads[index]
 
     def begin_step(self) -> None:
         self.step_count += 1
 
     def update(self, index: int, param: Tensor, grad: Tensor) -> None:
+        """One Adam step of ``param`` (may overwrite ``grad``)."""
         beta1, beta2 = self.betas
         if self.weight_decay:
-            grad = grad.add(param, alpha=self.weight_decay)
+            grad = grad.add_(param, alpha=self.weight_decay)
         exp_avg, exp_avg_sq = self.exp_avg[index], self.exp_avg_sq[index]
         exp_avg.lerp_(grad, 1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = self._scratch[index]
         if self.steps:
             step = self.steps[index].add_(1.0)
-            correction1 = torch.pow(beta1, step).neg_().add_(1.0)
-            correction2 = torch.pow(beta2, step).neg_().add_(1.0)
-            denom = exp_avg_sq.div(correction2).sqrt_().add_(self.eps)
-            param.addcdiv_(exp_avg.div(correction1), denom, value=-self.lr)
+            torch.pow(beta2, step, out=denom)
+            torch.div(exp_avg_sq, denom.neg_().add_(1.0), out=denom).sqrt_().add_(self.eps)
+            torch.pow(beta1, step, out=grad)  # the gradient is used up: reuse it
+            torch.div(exp_avg, grad.neg_().add_(1.0), out=grad)
+            param.addcdiv_(grad, denom, value=-self.lr)
             return
         first = 1.0 - beta1**self.step_count
         second = 1.0 - beta2**self.step_count
-        denom = (exp_avg_sq.sqrt() / math.sqrt(second)).add_(self.eps)
+        torch.sqrt(exp_avg_sq, out=denom).div_(math.sqrt(second)).add_(self.eps)
         param.addcdiv_(exp_avg, denom, value=-self.lr / first)
 
     def reset(self, index: int, where: tuple[Any, ...]) -> None:
@@ -636,7 +649,9 @@ class BatchedLearner:
         weight, bias = self.weights[layer], self.biases[layer]
         learner = self.learner
         if self.adam is not None:
-            self.adam.update(2 * layer, weight, torch.bmm(layer_input.transpose(1, 2), grad))
+            weight_grad = self.adam.grad_buffer(2 * layer)
+            torch.bmm(layer_input.transpose(1, 2), grad, out=weight_grad)
+            self.adam.update(2 * layer, weight, weight_grad)
             self.adam.update(2 * layer + 1, bias, grad.sum(1, keepdim=True))
             return
         lr, decay = learner.step_size, learner.weight_decay
