@@ -248,7 +248,9 @@ class GenerateAndTest(nn.Module):
     def _sync_host_to_buffers(self) -> None:
         if not self._book.stale:
             self.steps.fill_(self._book.steps)
-            self.accumulated.copy_(torch.tensor(self._book.accumulated).view_as(self.accumulated))
+            self.accumulated.copy_(
+                torch.tensor(self._book.accumulated, dtype=torch.float64).view_as(self.accumulated)
+            )
 
     def _host(self) -> _HostBook:
         """The host-side bookkeeping, rebuilt from the buffers after a load."""
@@ -523,9 +525,9 @@ class _MagnitudePlan:
 
     Each weight tensor is made absolute once per refresh and serves both the layer it feeds (its
     rows) and the layer it reads from (its columns). Large tensors go in blocks of about
-    :data:`_BLOCK_BYTES` along their first dimension (seeds, or the units of the layer they feed),
-    so each block's absolute values are reduced while still in cache and the weights are read
-    from memory once. One multiply per magnitude buffer turns the sums into means.
+    :data:`_BLOCK_BYTES` (:class:`_BlockedAbsolute`), so each block's absolute values are reduced
+    while still in cache and the weights are read from memory once. One multiply per magnitude
+    buffer turns the sums into means.
     """
 
     def __init__(self, core: GenerateAndTest, layouts: Sequence[UnitLayout], key: tuple) -> None:
@@ -557,33 +559,60 @@ class _MagnitudePlan:
 
 
 _BLOCK_BYTES = 2 << 20
+# (viewed shape, reduced dims, output, position of the block dimension in the output or None)
+_Use = tuple[tuple[int, ...], list[int], Tensor, int | None]
 
 
 class _BlockedAbsolute:
-    """Sums of ``|weight|`` over some dimensions, computed block by block along dimension 0."""
+    """Sums of ``|weight|`` over some dimensions, computed a cache-sized block at a time.
+
+    Blocks run along the weight's largest dimension (dimension 0 when a use reshapes the weight,
+    as a Linear read through a Flatten does; reshapes keep dimension 0). Sums over the block
+    dimension accumulate across blocks; sums keeping it fill the matching slice of their output.
+    """
 
     def __init__(self, weight: Tensor) -> None:
         self.weight = weight
-        row_bytes = max(1, weight[0].numel() * weight.element_size()) if weight.ndim else 1
-        self.rows = max(1, min(len(weight), _BLOCK_BYTES // row_bytes)) if weight.ndim else 1
-        self.scratch = torch.empty(
-            (self.rows, *weight.shape[1:]), dtype=weight.dtype, device=weight.device
-        )
-        # (shape of a block as the use views it, reduced dims, output, dim 0 reduced?)
-        self.uses: list[tuple[tuple[int, ...], list[int], Tensor, bool]] = []
+        self.uses: list[tuple[tuple[int, ...], list[int], Tensor]] = []
+        self.plan: tuple[int, int, Tensor, list[_Use]] | None = None
 
     def add_use(self, viewed_shape: torch.Size, dims: list[int], out: Tensor) -> None:
-        self.uses.append((tuple(viewed_shape[1:]), dims, out, 0 in dims))
+        self.uses.append((tuple(viewed_shape), dims, out))
+
+    def _make_plan(
+        self,
+    ) -> tuple[int, int, Tensor, list[_Use]]:
+        weight = self.weight
+        reshaped = any(shape != tuple(weight.shape) for shape, _, _ in self.uses)
+        dim = 0 if reshaped else max(range(weight.ndim), key=lambda d: weight.shape[d])
+        row_bytes = weight.numel() // weight.shape[dim] * weight.element_size()
+        size = max(1, min(weight.shape[dim], _BLOCK_BYTES // max(1, row_bytes)))
+        scratch = torch.empty_like(
+            weight.narrow(dim, 0, size), memory_format=torch.contiguous_format
+        )
+        uses = []
+        for shape, dims, out in self.uses:
+            kept = [d for d in range(len(shape)) if d not in dims]
+            uses.append((shape, dims, out, kept.index(dim) if dim in kept else None))
+        return dim, size, scratch, uses
 
     def reduce(self) -> None:
-        weight, rows = self.weight, self.rows
-        for start in range(0, len(weight), rows):
-            block = self.scratch[: min(rows, len(weight) - start)]
-            torch.abs(weight[start : start + rows], out=block)
-            for tail, dims, out, across_blocks in self.uses:
-                viewed = block.view(len(block), *tail)
-                if not across_blocks:
-                    torch.sum(viewed, dim=dims, out=out[start : start + len(block)])
+        if self.plan is None:
+            self.plan = self._make_plan()
+        dim, size, scratch, uses = self.plan
+        weight = self.weight
+        length = weight.shape[dim]
+        for start in range(0, length, size):
+            count = min(size, length - start)
+            block = scratch if count == size else scratch.narrow(dim, 0, count)
+            torch.abs(weight.narrow(dim, start, count), out=block)
+            for shape, dims, out, position in uses:
+                viewed = block if shape == tuple(weight.shape) else block.view(count, *shape[1:])
+                if position is not None:
+                    if count == length:
+                        torch.sum(viewed, dim=dims, out=out)
+                    else:
+                        out.narrow(position, start, count).copy_(viewed.sum(dim=dims))
                 elif start == 0:
                     torch.sum(viewed, dim=dims, out=out)
                 else:

@@ -1,0 +1,92 @@
+"""``python -m cbp_rl.train pmnist [FLAGS]``: online permuted MNIST, any learner, many seeds.
+
+    python -m cbp_rl.train pmnist --learner cbp --width 2000 --tasks 800 --data-dir DIR
+    python -m cbp_rl.train pmnist --learner bp --width 100 --seeds 30 --run-dir runs/bp100
+    python -m cbp_rl.train pmnist --resume runs/bp100 --tasks 1600   # continue, exactly
+
+``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
+``--tasks``) needs to be given; changing anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import tyro
+
+from cbp_rl.checkpoint import CheckpointError
+from cbp_rl.logging import CONFIG_FILE
+from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
+from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
+from cbp_rl.supervised.experiment import run
+
+PROG = "python -m cbp_rl.train pmnist"
+
+
+def _resume_dir(argv: Sequence[str]) -> Path | None:
+    for index, arg in enumerate(argv):
+        if arg == "--resume" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if arg.startswith("--resume="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def saved_config(run_dir: Path) -> PermutedMNISTConfig:
+    """The configuration a run directory was started with (its ``config.json``)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            "has no config.json: not a pmnist run directory",
+            run_dir,
+            "pass the directory a `python -m cbp_rl.train pmnist` run wrote",
+        )
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    try:
+        config: PermutedMNISTConfig = from_dict(PermutedMNISTConfig, values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"config.json does not describe a pmnist run: {err}", path, "check the directory"
+        ) from err
+    return config
+
+
+def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
+    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+    resume = _resume_dir(argv)
+    markers = (tyro.conf.OmitArgPrefixes,)
+    if resume is None:
+        return tyro.cli(PermutedMNISTConfig, args=list(argv), prog=PROG, config=markers)
+    default = saved_config(resume)
+    return tyro.cli(
+        PermutedMNISTConfig, args=list(argv), prog=PROG, default=default, config=markers
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse(args)
+        summary = run(config)
+    except SystemExit as exit_:  # tyro: --help or a malformed flag
+        code = exit_.code
+        return code if isinstance(code, int) else 2
+    except (
+        ValueError,
+        DataUnavailableError,
+        ChecksumError,
+        CheckpointError,
+        FileExistsError,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if summary.tasks_done or summary.stopped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

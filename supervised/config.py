@@ -1,0 +1,395 @@
+"""The configuration of ``python -m cbp_rl.train pmnist``: one frozen dataclass per flag group.
+
+Flags are unprefixed (``--width``, ``--replacement-rate``); each learner's own hyperparameters
+default to the thesis's values (``None`` on the command line means "the learner's default",
+see :data:`LEARNER_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from cbp_rl.cbp import UTILITY_NAMES, CBPConfig
+from cbp_rl.nets import validate_init
+from cbp_rl.supervised.activations import get_activation
+from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
+from cbp_rl.supervised.onlinenorm import OnlineNormConfig
+
+LearnerName = Literal["bp", "l2", "snp", "dropout", "onlinenorm", "adam", "redo", "cbp"]
+LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
+UtilityName = Literal[
+    "contribution",
+    "adaptable_contribution",
+    "zero_contribution",
+    "weight",
+    "adaptation",
+    "feature_by_input",
+    "random",
+]
+assert get_args(UtilityName) == UTILITY_NAMES
+
+LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bp": {},
+    "l2": {"weight_decay": 1e-4},
+    "snp": {"weight_decay": 1e-4, "noise_std": 1e-5},
+    "dropout": {"dropout": 0.1},
+    "onlinenorm": {"online_norm": True},
+    "adam": {"optimizer": "adam", "step_size": 1e-4},
+    "redo": {},
+    "cbp": {},
+}
+"""Per learner, the values its ``None`` fields take (thesis chapter 4 and the reference cfgs;
+anything not listed is SGD, step size 0.003, no weight decay, no noise, no dropout)."""
+
+_BASE = {
+    "optimizer": "sgd",
+    "step_size": 0.003,
+    "weight_decay": 0.0,
+    "noise_std": 0.0,
+    "dropout": 0.0,
+    "online_norm": False,
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the digits come from."""
+
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    """mnist, or fashion-mnist (found in /usr/share/datasets/fashion-mnist when installed)."""
+    data_dir: Path | None = None
+    """Directory with the IDX files (gzip or raw), or its parent; default $CBP_RL_DATA_DIR, else
+    ~/.cache/cbp_rl/<dataset> (downloads go there)."""
+    download: bool = True
+    """Download missing files from the standard mirrors (md5-checked)."""
+    verify_data: bool = True
+    """Check every file's md5 against the official dataset."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The MLP: inputs -> width x depth -> 10."""
+
+    width: int = 2000
+    """Units per hidden layer (the thesis: 2000; also 100, 1000, 10000)."""
+    depth: int = 3
+    """Number of hidden layers."""
+    activation: str = "relu"
+    """Hidden activation: relu, leaky_relu, tanh, sigmoid, elu, selu, gelu, silu, identity."""
+    init: Literal["kaiming", "lecun", "xavier", "default"] = "kaiming"
+    """Initial weights U(-b, b): kaiming b = gain*sqrt(3/fan_in) (gain 1 for the output layer),
+    lecun sqrt(3/fan_in), xavier gain*sqrt(6/(fan_in+fan_out)), default sqrt(1/fan_in)."""
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be >= 1, got {self.width} and {self.depth}")
+        get_activation(self.activation)
+        validate_init(self.init)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer (None: the learner's default)."""
+
+    step_size: float | None = None
+    """Step size; default 0.003 (SGD learners, the thesis's best for backprop) or 1e-4 (adam)."""
+    optimizer: Literal["sgd", "adam"] | None = None
+    """sgd (plain, no momentum) or adam; default adam for the adam learner, else sgd."""
+    adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
+    adam_eps: float = 1e-8
+    """Adam's epsilon."""
+    weight_decay: float | None = None
+    """Coupled L2 on every parameter (grad + wd * w); default 1e-4 for l2 and snp, else 0."""
+    update_window: int = 32
+    """Plain SGD applies the first (and large) layers' updates every this many steps as one
+    rank-k update, computing with the updated weights all the same (exact up to float
+    rounding; 1: every step)."""
+
+    def __post_init__(self) -> None:
+        if self.update_window < 1:
+            raise ValueError(f"--update-window must be >= 1, got {self.update_window}")
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    """Shrink and perturb (snp), on top of weight decay."""
+
+    noise_std: float | None = None
+    """Gaussian noise std added to every weight and bias after each step; default 1e-5 for snp
+    (the reference tried 1e-4, 1e-5, 1e-6), else 0."""
+    shrink: float = 1.0
+    """Multiply every weight by this after each step (1: shrink only through weight decay)."""
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    """Dropout on the hidden units."""
+
+    dropout: float | None = None
+    """Probability of zeroing a hidden unit in training; default 0.1 for dropout (the thesis's
+    figure 4.8), else 0."""
+
+
+@dataclass(frozen=True)
+class OnlineNormFlags:
+    """Online normalization (Chiley et al. 2019) before each hidden activation."""
+
+    online_norm: bool | None = None
+    """Use online normalization; default on for onlinenorm, else off."""
+    norm_alpha_fwd: float = 0.999
+    """Decay of the streaming mean and variance (forward)."""
+    norm_alpha_bkw: float = 0.99
+    """Decay of the backward control variables u and v."""
+    norm_eps: float = 1e-5
+    """Added to the variance under the square root."""
+    norm_clamp: float = 5.0
+    """Clamp the normalized output to [-c, c] (activation clamping); 0 disables."""
+
+
+@dataclass(frozen=True)
+class ReDoConfig:
+    """ReDo (learner redo): periodic reinitialization of dormant units."""
+
+    redo_threshold: float = 0.1
+    """A unit is dormant when its mean |activation| over the examples since the last check,
+    divided by the layer's mean, is at most this."""
+    redo_period: int = 1000
+    """Steps between checks."""
+    redo_reset_optimizer: bool = False
+    """Zero the Adam moments of reinitialized units (with --optimizer adam)."""
+
+
+@dataclass(frozen=True)
+class CBPFlags:
+    """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest."""
+
+    replacement_rate: float = 1e-4
+    """Fraction of eligible units replaced per step (the thesis: 1e-4; also 1e-5, 1e-6)."""
+    maturity_threshold: int = 100
+    """Units older than this many steps are eligible."""
+    decay_rate: float = 0.99
+    """Decay of the running utility and mean activation."""
+    utility: UtilityName = "adaptable_contribution"
+    """Utility measure (permuted MNIST: adaptable_contribution)."""
+    accumulate: bool = True
+    """Accumulate fractional replacements over steps (permuted MNIST) instead of drawing."""
+    magnitude_every: int = 1
+    """Steps between recomputations of the utility's weight magnitudes; 1 is exact, 10 is much
+    faster on wide nets and learns the same."""
+    bias_compensation: bool = False
+    """Add a replaced unit's mean contribution to the next bias (the reference's intended but
+    no-op step)."""
+    cbp_init: Literal["kaiming", "lecun", "xavier", "default"] = "kaiming"
+    """Distribution of replaced units' new incoming weights."""
+    cbp_reset_optimizer: bool = True
+    """Zero the Adam state of replaced units (with --optimizer adam; the reference's AdamGnT)."""
+
+    def to_cbp_config(self) -> CBPConfig:
+        return CBPConfig(
+            replacement_rate=self.replacement_rate,
+            maturity_threshold=self.maturity_threshold,
+            decay_rate=self.decay_rate,
+            utility=self.utility,
+            init=self.cbp_init,
+            accumulate=self.accumulate,
+            bias_compensation=self.bias_compensation,
+            magnitude_every=self.magnitude_every,
+        )
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """The task-start plasticity measures."""
+
+    measure_every: int = 1
+    """Measure at the start of every this-many tasks (0: never)."""
+    probe_examples: int = 2000
+    """Examples of the new task the measures are taken on."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run directory, checkpoints and machine."""
+
+    run_dir: Path | None = None
+    """Directory for this run's files; default runs/pmnist/<learner>-w<width>-<time>."""
+    resume: Path | None = None
+    """Continue the run in this directory from its checkpoint (other flags default to the
+    saved ones; --tasks may grow)."""
+    checkpoint_every: int | None = None
+    """Examples between checkpoints; default one task; 0: only at the end and on Ctrl+C."""
+    threads: int | None = 1
+    """torch CPU threads; batch-1 steps are too small to share well, and a second thread on a
+    busy core stalls the first; None: torch's choice."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N or auto."""
+    progress: bool = True
+    """Show a progress bar (on a terminal)."""
+
+
+@dataclass(frozen=True)
+class PermutedMNISTConfig:
+    """Online permuted MNIST (thesis chapter 4): a sequence of tasks, each a fixed random
+    permutation of the pixels, its examples shown once, one at a time."""
+
+    learner: LearnerName = "bp"
+    """bp (SGD), l2, snp (shrink and perturb), dropout, onlinenorm, adam, redo or cbp."""
+    seeds: int = 1
+    """Seeds of this configuration run together as one batched network."""
+    seed: int = 0
+    """First seed; the run's seeds are seed, seed+1, ..., seed+seeds-1."""
+    tasks: int = 800
+    """Number of tasks (permutations)."""
+    examples_per_task: int = 60000
+    """Examples per task: how often the permutation changes (thesis: 60000; also 10000,
+    100000, 1000000). Beyond the data set's size it is shown again in a new order."""
+    batch_size: int = 1
+    """Examples per update (the thesis: 1)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    norm: OnlineNormFlags = field(default_factory=OnlineNormFlags)
+    redo: ReDoConfig = field(default_factory=ReDoConfig)
+    cbp: CBPFlags = field(default_factory=CBPFlags)
+    measures: MeasureConfig = field(default_factory=MeasureConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.learner not in LEARNER_NAMES:
+            raise ValueError(
+                f"unknown learner {self.learner!r}; valid learners are {', '.join(LEARNER_NAMES)}"
+            )
+        for name in ("seeds", "tasks", "examples_per_task", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.examples_per_task % self.batch_size:
+            raise ValueError(
+                f"--examples-per-task ({self.examples_per_task}) must be a multiple of "
+                f"--batch-size ({self.batch_size})"
+            )
+        if self.measures.measure_every < 0 or self.measures.probe_examples < 1:
+            raise ValueError("--measure-every must be >= 0 and --probe-examples >= 1")
+        every = self.run.checkpoint_every
+        if every is not None and every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {every}")
+        if self.run.threads is not None and self.run.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.run.threads}")
+        self.learner_spec()  # validates the learner's hyperparameters
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Examples between checkpoints (0: none but the last)."""
+        every = self.run.checkpoint_every
+        return self.examples_per_task if every is None else every
+
+    def resolved(self, name: str) -> Any:
+        """A learner hyperparameter: the flag when given, else the learner's default."""
+        given = {
+            "optimizer": self.optim.optimizer,
+            "step_size": self.optim.step_size,
+            "weight_decay": self.optim.weight_decay,
+            "noise_std": self.perturb.noise_std,
+            "dropout": self.dropout.dropout,
+            "online_norm": self.norm.online_norm,
+        }[name]
+        if given is not None:
+            return given
+        return LEARNER_DEFAULTS[self.learner].get(name, _BASE[name])
+
+    def network_spec(self) -> NetworkSpec:
+        net = self.network
+        return NetworkSpec(
+            width=net.width, depth=net.depth, activation=net.activation, init=net.init
+        )
+
+    def learner_spec(self) -> LearnerSpec:
+        norm = None
+        if self.resolved("online_norm"):
+            flags = self.norm
+            norm = OnlineNormConfig(
+                alpha_fwd=flags.norm_alpha_fwd,
+                alpha_bkw=flags.norm_alpha_bkw,
+                eps=flags.norm_eps,
+                clamp=flags.norm_clamp,
+            )
+        redo = None
+        if self.learner == "redo":
+            redo = ReDoSpec(
+                threshold=self.redo.redo_threshold,
+                period=self.redo.redo_period,
+                reset_optimizer=self.redo.redo_reset_optimizer,
+            )
+        return LearnerSpec(
+            step_size=self.resolved("step_size"),
+            optimizer=self.resolved("optimizer"),
+            betas=(self.optim.adam_beta1, self.optim.adam_beta2),
+            eps=self.optim.adam_eps,
+            weight_decay=self.resolved("weight_decay"),
+            noise_std=self.resolved("noise_std"),
+            shrink=self.perturb.shrink,
+            dropout=self.resolved("dropout"),
+            online_norm=norm,
+            redo=redo,
+            cbp=self.cbp.to_cbp_config() if self.learner == "cbp" else None,
+            cbp_reset_optimizer=self.cbp.cbp_reset_optimizer,
+        )
+
+    def label(self) -> str:
+        """A short name: learner and width."""
+        return f"{self.learner}-w{self.network.width}"
+
+
+RESUMABLE_CHANGES = ("tasks", "run", "data.data_dir", "data.download")
+"""Config fields a resumed run may change (dotted names); everything else must match."""
+
+
+def from_dict(cls: type[Any], values: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from its ``to_jsonable`` dict (``config.json``)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, kind = values[f.name], hints[f.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = from_dict(kind, value)  # type: ignore[arg-type]
+        elif value is not None and _is_path(kind):
+            value = Path(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _is_path(kind: Any) -> bool:
+    if kind is Path:
+        return True
+    origin = typing.get_origin(kind)
+    if origin is typing.Union or origin is types.UnionType:
+        return Path in typing.get_args(kind)
+    return False
+
+
+__all__ = [
+    "LEARNER_DEFAULTS",
+    "LEARNER_NAMES",
+    "RESUMABLE_CHANGES",
+    "PermutedMNISTConfig",
+    "from_dict",
+]

@@ -1,0 +1,387 @@
+"""One online permuted-MNIST run: the task loop, logs, results file, checkpoints, exact resume.
+
+A run directory holds::
+
+    config.json                   the full configuration
+    events.out.tfevents.*         TensorBoard: the mean over seeds of every per-seed scalar
+    seed_<s>/events.out.tfevents.* TensorBoard: seed s (and seed_<s>/config.json)
+    results.npz                   per seed, per task (cbp_rl.supervised.results)
+    checkpoint.pt                 the latest checkpoint (and checkpoint.prev.pt)
+
+TensorBoard steps are task numbers (1 = the first task). Tags: ``task/accuracy``,
+``task/loss``, ``task/replacements/{i}`` (per finished task) and, at a task's start,
+``plasticity/dead_units/{i}`` and ``/all``, ``plasticity/effective_rank/{i}`` and ``/mean``,
+``plasticity/rank99/{i}``, ``plasticity/weight_magnitude/{i}``, ``/out`` and ``/all``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cbp_rl.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_compatible,
+    to_jsonable,
+)
+from cbp_rl.logging import RunLogger
+from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
+from cbp_rl.supervised.data import ImageSet, load_images
+from cbp_rl.supervised.engine import BatchedLearner
+from cbp_rl.supervised.measures import unit_measures, weight_measures
+from cbp_rl.supervised.results import RunResults
+from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
+
+CHUNK_STEPS = 256
+"""Updates whose inputs are gathered at once (chunks start at fixed offsets in a task, so a
+resumed run feeds the engine tensors of the same layout)."""
+PROBE_BYTES = 256 * 2**20
+"""Memory budget of one group of seeds in the task-start probe."""
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a call to :func:`run` did."""
+
+    run_dir: Path
+    tasks_done: int
+    stopped: bool
+    """Stopped early (signal or ``stop_at_examples``); resume with ``--resume run_dir``."""
+    accuracy: np.ndarray
+    """``[S, tasks_done]`` online accuracy per seed and task."""
+
+
+class PermutedMNISTRun:
+    """The state of one run and its task loop. Use :func:`run` unless you need the pieces."""
+
+    def __init__(self, config: PermutedMNISTConfig, images: ImageSet, run_dir: Path) -> None:
+        self.config = config
+        self.images = images
+        self.run_dir = run_dir
+        self.device = resolve_device(config.run.device)
+        seeds = config.seed_list
+        self.engine = BatchedLearner(
+            config.network_spec(),
+            config.learner_spec(),
+            seeds,
+            window=config.optim.update_window,
+            device=self.device,
+        )
+        self.stream = PermutedTasks(
+            torch.from_numpy(images.images).to(self.device),
+            torch.from_numpy(images.labels).to(self.device),
+            seeds,
+            config.examples_per_task,
+        )
+        self.results = RunResults(
+            seeds, config.tasks, config.network.depth, config.examples_per_task
+        )
+        self.task = 0
+        self.position = 0
+        """Examples of the current task done."""
+        self.plan: TaskPlan | None = None
+        self.replaced_before = self.engine.replacements()
+        self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
+        self.loggers: list[RunLogger] = []
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def examples_done(self) -> int:
+        return self.task * self.config.examples_per_task + self.position
+
+    def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
+        """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
+        config = to_jsonable(self.config)
+        step = None if resume_positions is None else self.task + 1
+        dirs = [self.run_dir] + [self.run_dir / f"seed_{s}" for s in self.config.seed_list]
+        configs = [config] + [{**config, "seed": s, "seeds": 1} for s in self.config.seed_list]
+        for index, (directory, cfg) in enumerate(zip(dirs, configs, strict=True)):
+            position = None if resume_positions is None else resume_positions[index]
+            self.loggers.append(
+                RunLogger(directory, cfg, resume_step=step, resume_position=position)
+            )
+        if resume_positions is not None and self.position > 0:
+            self._log_measures(self.task)  # the resumed task's start measures were purged
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+    def _log(self, values: dict[str, np.ndarray], step: int) -> None:
+        """Log ``{tag: [S] values}``: per seed, and their mean in the root log."""
+        finite = {tag: v for tag, v in values.items() if np.all(np.isfinite(v))}
+        if not finite:
+            return
+        self.loggers[0].scalars({tag: float(np.mean(v)) for tag, v in finite.items()}, step)
+        for s, logger in enumerate(self.loggers[1:]):
+            logger.scalars({tag: float(v[s]) for tag, v in finite.items()}, step)
+
+    def _log_measures(self, task: int) -> None:
+        measures = self.results.measures_of(task)
+        values: dict[str, np.ndarray] = {}
+        depth = self.config.network.depth
+        for name in ("dead_units", "effective_rank", "rank99"):
+            for layer in range(depth):
+                values[f"plasticity/{name}/{layer}"] = measures[name][:, layer]
+        values["plasticity/dead_units/all"] = measures["dead_units"].mean(1)
+        values["plasticity/effective_rank/mean"] = measures["effective_rank"].mean(1)
+        for layer in range(depth):
+            values[f"plasticity/weight_magnitude/{layer}"] = measures["weight_magnitude"][:, layer]
+        values["plasticity/weight_magnitude/out"] = measures["weight_magnitude"][:, depth]
+        values["plasticity/weight_magnitude/all"] = measures["weight_magnitude_all"]
+        self._log(values, task + 1)
+
+    # ------------------------------------------------------------------ tasks
+    def begin_task(self) -> None:
+        """Draw the task and, when due, measure the network on its first examples."""
+        self.plan = self.stream.next_task()
+        every = self.config.measures.measure_every
+        if every and self.task % every == 0:
+            self.results.record_measures(self.task, self.measure(self.plan))
+            self._log_measures(self.task)
+
+    def measure(self, plan: TaskPlan) -> dict[str, np.ndarray]:
+        """The task-start measures on the task's first ``probe_examples`` examples."""
+        count = min(self.config.measures.probe_examples, self.config.examples_per_task)
+        seeds = self.engine.num_seeds
+        width = max(self.config.network.width, self.stream.pixels)
+        per_seed = count * width * 4 * (self.config.network.depth + 1)
+        group = max(1, min(seeds, PROBE_BYTES // per_seed))
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, seeds, group):
+            index = slice(start, min(seeds, start + group))
+            part = TaskPlan(plan.permutations[index], plan.orders[index])
+            inputs, _ = self.stream.batch(part, 0, count)
+            parts.append(unit_measures(self.engine.hidden_activations(inputs, index)))
+        measures = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        measures.update(weight_measures(self.engine.weights))
+        return measures
+
+    def finish_task(self) -> None:
+        correct, loss_sum, examples = self.engine.take_totals()
+        replaced = self.engine.replacements()
+        accuracy = correct.cpu().double().numpy() / examples
+        loss = loss_sum.cpu().numpy() / examples
+        per_task = (replaced - self.replaced_before).numpy()
+        self.replaced_before = replaced
+        self.results.record_task(self.task, accuracy, loss, per_task)
+        values = {"task/accuracy": accuracy, "task/loss": loss}
+        if self.engine.learner.reinitializes:
+            for layer in range(self.config.network.depth):
+                values[f"task/replacements/{layer}"] = per_task[:, layer].astype(np.float64)
+        self._log(values, self.task + 1)
+        self.results.save(self.run_dir)
+        self.task += 1
+        self.position = 0
+        self.plan = None
+
+    def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
+        """Train until ``limit`` examples in all, the end of the run, or a stop request.
+
+        The engine takes a task's steps in windows that start at fixed places in the task;
+        stops and checkpoints fall between windows, so a resumed run computes the same floats.
+        """
+        config = self.config
+        batch, per_task = config.batch_size, config.examples_per_task
+        window = self.engine.window_steps(batch) * batch
+        chunk = -(-CHUNK_STEPS * batch // window) * window
+        while self.task < config.tasks and not stop.requested:
+            if self.plan is None:
+                if self.examples_done + min(window, per_task) > limit:
+                    return
+                self.begin_task()
+            plan = self.plan
+            assert plan is not None
+            loaded, inputs, labels = -1, None, None
+            while self.position < per_task and not stop.requested:
+                end = min(per_task, self.position + window)
+                if self.examples_done + end - self.position > limit:
+                    break
+                start = self.position // chunk * chunk
+                if start != loaded:
+                    count = min(chunk, per_task - start)
+                    inputs, labels = self.stream.batch(plan, start, count)
+                    loaded = start
+                assert inputs is not None and labels is not None
+                rows = slice(self.position - start, end - start)
+                self.engine.train(inputs[:, rows], labels[:, rows], batch)
+                progress.update(end - self.position, task=self.task + 1, acc=self._accuracy())
+                self.position = end
+                if self.checkpoints.due(self.examples_done):
+                    break
+            if self.position >= per_task:
+                self.finish_task()
+            if self.checkpoints.due(self.examples_done) or stop.requested:
+                self.save_checkpoint()
+            if self.position and self.examples_done + min(window, per_task) > limit:
+                return
+
+    def _accuracy(self) -> str:
+        examples = self.engine.examples
+        if not examples:
+            return "-"
+        return f"{float(self.engine.correct.double().mean()) / examples:.3f}"
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        plan = self.plan
+        state = {
+            "config": to_jsonable(self.config),
+            "data": self._data_identity(),
+            "task": self.task,
+            "position": self.position,
+            "plan": None
+            if plan is None
+            else {"permutations": plan.permutations.cpu(), "orders": plan.orders.cpu()},
+            "engine": self.engine.state_dict(),
+            "stream": self.stream.state_dict(),
+            "results": self.results.state_dict(),
+            "replaced_before": self.replaced_before,
+            "log_positions": [logger.position() for logger in self.loggers],
+            "rng": capture_rng_state(),
+        }
+        self.checkpoints.save(self.examples_done, state)
+
+    def _data_identity(self) -> dict[str, Any]:
+        return {
+            "dataset": self.images.dataset,
+            "split": self.images.split,
+            "md5": self.images.md5,
+            "examples": len(self.images.images),
+        }
+
+    def restore(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Load a checkpoint's state; returns the log positions to resume the logs from."""
+        saved = state["data"]
+        if saved != self._data_identity():
+            raise CheckpointError(
+                f"the run was trained on {saved}, but the data found now is "
+                f"{self._data_identity()}",
+                self.checkpoints.path,
+                "point --data-dir at the same files the run started with",
+            )
+        self.engine.load_state_dict(state["engine"])
+        self.stream.load_state_dict(state["stream"])
+        self.results = RunResults.from_state_dict(state["results"])
+        self.results.grow(self.config.tasks)
+        self.task, self.position = int(state["task"]), int(state["position"])
+        plan = state["plan"]
+        self.plan = None
+        if plan is not None:
+            self.plan = TaskPlan(
+                plan["permutations"].to(self.device), plan["orders"].to(self.device)
+            )
+        self.replaced_before = state["replaced_before"]
+        positions: list[dict[str, Any]] = state["log_positions"]
+        return positions
+
+
+def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun:
+    """Load the data and build (or restore) the run, its directory and logs."""
+    images = load_images(
+        config.data.dataset,
+        config.data.data_dir,
+        download=config.data.download,
+        verify=config.data.verify_data,
+    )
+    log(images.note)
+    if config.run.resume is not None:
+        run_dir = Path(config.run.resume)
+        manager = CheckpointManager(run_dir)
+        state = manager.load_latest(required=True)
+        assert state is not None
+        check_compatible(
+            state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
+        )
+        if config.tasks * config.examples_per_task < int(state["step"]):
+            raise ValueError(
+                f"--tasks {config.tasks} is fewer than the tasks the run has already done "
+                f"({int(state['step']) // config.examples_per_task}); give at least as many"
+            )
+        experiment = PermutedMNISTRun(config, images, run_dir)
+        positions = experiment.restore(state)
+        experiment.checkpoints.last_step = int(state["step"])
+        experiment.open_logs(positions)
+        log(
+            f"resuming {run_dir} at task {experiment.task + 1}, example "
+            f"{experiment.position:,} of {config.examples_per_task:,}"
+        )
+        return experiment
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / "pmnist", config.label())
+    experiment = PermutedMNISTRun(config, images, Path(run_dir))
+    experiment.open_logs()
+    return experiment
+
+
+def run(
+    config: PermutedMNISTConfig,
+    *,
+    stop_at_examples: int | None = None,
+    log: Log = _stderr,
+) -> RunSummary:
+    """Train (or resume) a run; returns where it ended.
+
+    ``stop_at_examples`` stops at the last window boundary (``engine.window_steps`` steps)
+    at or before that many examples in all, counting from the run's start, and saves a
+    checkpoint, as a signal would: resume with ``run.resume``.
+    """
+    threads = torch.get_num_threads()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    try:
+        return _run(config, stop_at_examples, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
+    experiment = prepare(config, log)
+    total = config.tasks * config.examples_per_task
+    limit = total if stop_at_examples is None else min(total, stop_at_examples)
+    try:
+        with (
+            GracefulStop() as stop,
+            Progress(
+                total,
+                initial=experiment.examples_done,
+                enabled=config.run.progress,
+                desc=f"pmnist {config.learner}",
+            ) as progress,
+        ):
+            experiment.train_until(limit, stop, progress)
+            stopped = experiment.task < config.tasks
+            if experiment.checkpoints.last_step != experiment.examples_done:
+                experiment.save_checkpoint()
+        experiment.results.save(experiment.run_dir)
+    finally:
+        experiment.close()
+    done = experiment.results.tasks_done
+    accuracy = experiment.results.arrays["accuracy"][:, :done]
+    if stopped:
+        log(
+            f"stopped at task {experiment.task + 1}, example {experiment.position:,}: "
+            f"resume with --resume {experiment.run_dir}"
+        )
+    else:
+        last = accuracy[:, -1].mean() if done else math.nan
+        log(f"done: {done} tasks in {experiment.run_dir} (last task accuracy {last:.4f})")
+    return RunSummary(experiment.run_dir, done, stopped, accuracy)
+
+
+__all__ = ["PermutedMNISTRun", "RunSummary", "prepare", "run"]
