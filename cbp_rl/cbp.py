@@ -77,7 +77,8 @@ class CBPConfig:
     """Add a replaced unit's mean contribution to the next layer's bias. The reference code meant
     to do this but, as written, adds zero; False reproduces it."""
     magnitude_every: int = 1
-    """Steps between recomputations of the weight-magnitude terms of the utility (1 = exact)."""
+    """Steps between recomputations of the weight-magnitude terms of the utility (1 = exact):
+    they are recomputed at the first step and then at every ``magnitude_every``-th step."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.replacement_rate <= 1.0:
@@ -132,6 +133,49 @@ class Replacement(NamedTuple):
     units: Tensor
 
 
+def _draw_incoming(layout: UnitLayout, lead: int, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` fresh incoming weight vectors ``U(-bound, bound)``, drawn on the CPU."""
+    shape = layout.in_weight.shape
+    rest = [n for d, n in enumerate(shape) if d >= lead and d != layout.in_unit_dim]
+    return torch.empty((count, *rest), dtype=layout.in_weight.dtype).uniform_(
+        -layout.bound, layout.bound, generator=generator
+    )
+
+
+def _seeded(tensor: Tensor, unit_dim: int, lead: int) -> Tensor:
+    """``tensor`` as ``[seeds, units, ...]`` (a view; one seed when there is no seed dim)."""
+    moved = units_first(tensor, unit_dim, lead)
+    return moved if lead else moved.unsqueeze(0)
+
+
+def _reinit(
+    layout: UnitLayout,
+    lead: int,
+    seeds: Tensor,
+    units: Tensor,
+    fresh: Tensor,
+    mean_activation: Tensor | None,
+) -> None:
+    """Reinitialize units ``(seeds[i], units[i])``: fresh incoming weights, zero bias, zero
+    outgoing weights (after adding their mean contribution to the next bias, if given), norm
+    entries back to their initial values. One set of index operations for all of them."""
+    _seeded(layout.in_weight, layout.in_unit_dim, lead)[seeds, units] = fresh.to(
+        layout.in_weight.device
+    )
+    if layout.in_bias is not None:
+        _seeded(layout.in_bias, lead, lead)[seeds, units] = 0.0
+    outgoing = _seeded(layout.outgoing(), layout.out_unit_dim, lead)
+    if mean_activation is not None and layout.out_bias is not None:
+        shape = (len(units),) + (1,) * (outgoing.ndim - 2)
+        removed = outgoing[seeds, units] * mean_activation.view(shape)  # [K, out, ...]
+        removed = removed.flatten(2).sum(2) if removed.ndim > 2 else removed
+        out_bias = layout.out_bias if lead else layout.out_bias.unsqueeze(0)
+        out_bias.index_add_(0, seeds, removed)
+    outgoing[seeds, units] = 0.0
+    for tensor, value in layout.norm_resets:
+        _seeded(tensor, lead, lead)[seeds, units] = value
+
+
 @torch.no_grad()
 def reinit_units(
     layout: UnitLayout,
@@ -140,34 +184,17 @@ def reinit_units(
     seed_index: int | None = None,
     mean_activation: Tensor | None = None,
 ) -> Tensor:
-    """Give ``units`` fresh incoming weights, zero bias, zero outgoing weights, reset norms.
+    """Give ``units`` (of seed ``seed_index`` when the layout has a seed dimension) fresh
+    incoming weights, zero bias and zero outgoing weights, and reset their norm entries.
 
-    New weights are drawn on the CPU from ``generator`` (the same draws on any device).
-    With ``mean_activation`` (the units' bias-corrected mean activation), their mean contribution
-    is first added to the outgoing layer's bias. Returns the new incoming weights,
-    ``[len(units), *rest]``.
+    New weights are drawn on the CPU from ``generator`` (the same draws on any device). With
+    ``mean_activation`` (the units' bias-corrected mean activation), their mean contribution is
+    first added to the outgoing layer's bias. Returns the new incoming weights.
     """
     lead = 0 if seed_index is None else 1
-
-    def pick(tensor: Tensor, unit_dim: int) -> Tensor:
-        moved = units_first(tensor, unit_dim, lead)
-        return moved if seed_index is None else moved[seed_index]
-
-    incoming = pick(layout.in_weight, layout.in_unit_dim)
-    fresh = torch.empty((len(units), *incoming.shape[1:]), dtype=incoming.dtype)
-    fresh.uniform_(-layout.bound, layout.bound, generator=generator)
-    fresh = fresh.to(incoming.device)
-    incoming[units] = fresh
-    if layout.in_bias is not None:
-        pick(layout.in_bias, lead)[units] = 0.0
-    outgoing = pick(layout.outgoing(), layout.out_unit_dim)
-    if mean_activation is not None and layout.out_bias is not None:
-        shape = (len(units),) + (1,) * (outgoing.ndim - 1)
-        removed = (outgoing[units] * mean_activation.view(shape)).sum(0)
-        pick(layout.out_bias, lead).add_(removed.flatten(1).sum(1) if removed.ndim > 1 else removed)
-    outgoing[units] = 0.0
-    for tensor, value in layout.norm_resets:
-        pick(tensor, lead)[units] = value
+    fresh = _draw_incoming(layout, lead, len(units), generator)
+    seeds = torch.full_like(units, seed_index or 0)
+    _reinit(layout, lead, seeds, units, fresh, mean_activation)
     return fresh
 
 
@@ -249,7 +276,7 @@ class GenerateAndTest(nn.Module):
         if not self._book.stale:
             self.steps.fill_(self._book.steps)
             self.accumulated.copy_(
-                torch.tensor(self._book.accumulated, dtype=torch.float64).view_as(self.accumulated)
+                torch.from_numpy(self._book.accumulated).view_as(self.accumulated)
             )
 
     def _host(self) -> _HostBook:
@@ -266,9 +293,15 @@ class GenerateAndTest(nn.Module):
             )
         return book
 
+    def magnitudes_due(self) -> bool:
+        """Whether the next step reads the weights' magnitudes (the weights must be current)."""
+        return self.config.utility in _NEEDS_IN_MAGNITUDE | _NEEDS_OUT_MAGNITUDE and (
+            _magnitudes_due(self._host().steps + 1, self.config.magnitude_every)
+        )
+
     def replacement_counts(self) -> list[int]:
         """Units replaced so far in each layer (summed over seeds)."""
-        return [sum(column) for column in zip(*self._host().replacements, strict=True)]
+        return [int(n) for n in self._host().replacements.sum(0)]
 
     # ------------------------------------------------------------------------ the step
     def generate_and_test(
@@ -321,7 +354,7 @@ class GenerateAndTest(nn.Module):
             spread = per_unit.mean_abs_deviation(f_hat, self._slices)
         elif kind == "contribution":
             spread = per_unit.mean_abs()
-        if (self._book.steps - 1) % cfg.magnitude_every == 0:
+        if _magnitudes_due(self._book.steps, cfg.magnitude_every):
             self._magnitude_plan(layouts).run()
         in_magnitude, out_magnitude = buffers["in_magnitude"], buffers["out_magnitude"]
         assert in_magnitude is not None and out_magnitude is not None
@@ -347,67 +380,86 @@ class GenerateAndTest(nn.Module):
             self._magnitudes = _MagnitudePlan(self, layouts, key)
         return self._magnitudes
 
-    def _bias_correction(self, seed: int, layer: int) -> Tensor:
-        return torch.rsub(self._state_view(self.decay_power, seed, layer), 1.0)
-
     def _replace_units(self, layouts: Sequence[UnitLayout]) -> list[Replacement]:
         done = []
-        for seed, layer, count in self._book.plan(self.config, self._generators):
-            units = self._select(seed, layer, count)
-            self._replace(layouts[layer], seed, layer, units)
-            done.append(Replacement(layer, seed, units))
+        for layer, seeds, counts in self._book.plan(self.config, self._generators):
+            done += self._replace_layer(layouts[layer], layer, seeds, counts)
         return done
 
-    def _state_view(self, tensor: Tensor, seed: int, layer: int) -> Tensor:
+    def _as_seeded(self, tensor: Tensor) -> Tensor:
+        return tensor if self.lead else tensor.unsqueeze(0)
+
+    def _select(self, layer: int, seeds: Tensor, counts: Sequence[int]) -> Tensor:
+        """For each seed in ``seeds``, its ``count`` eligible units of lowest bias-corrected
+        utility, lowest first, as ``[len(seeds), max(counts)]``."""
         span = self._slices[layer]
-        return tensor[seed, span] if self.lead else tensor[span]
-
-    def _select(self, seed: int, layer: int, count: int) -> Tensor:
-        """The ``count`` eligible units of lowest bias-corrected utility."""
-        age = self._state_view(self.age, seed, layer)
+        age = self._as_seeded(self.age)[seeds, span]
         if self.config.utility == "random":
-            score = torch.rand(len(age), generator=self._generators[seed]).to(age.device)
+            draws = [
+                torch.rand(age.shape[1], generator=self._generators[s]) for s in seeds.tolist()
+            ]
+            score = torch.stack(draws).to(age.device)
         else:
-            score = self._state_view(self.utility, seed, layer) / self._bias_correction(seed, layer)
-        score = score.masked_fill(age <= self.config.maturity_threshold, math.inf)
-        return torch.topk(score, count, largest=False, sorted=False).indices
+            decay_power = self._as_seeded(self.decay_power)[seeds, span]
+            score = self._as_seeded(self.utility)[seeds, span] / torch.rsub(decay_power, 1.0)
+        score.masked_fill_(age <= self.config.maturity_threshold, math.inf)
+        return torch.topk(score, max(counts), dim=1, largest=False, sorted=True).indices
 
-    def _replace(self, layout: UnitLayout, seed: int, layer: int, units: Tensor) -> None:
+    def _replace_layer(
+        self, layout: UnitLayout, layer: int, seed_list: list[int], counts: list[int]
+    ) -> list[Replacement]:
+        """Replace ``counts[i]`` units of seed ``seed_list[i]`` in one layer."""
+        device = self.age.device
+        seeds_of_layer = torch.tensor(seed_list, device=device)
+        ranked = self._select(layer, seeds_of_layer, counts)
+        chosen = [ranked[i, :count] for i, count in enumerate(counts)]
+        units = torch.cat(chosen) if len(chosen) > 1 else chosen[0]
+        seeds = torch.repeat_interleave(seeds_of_layer, torch.tensor(counts, device=device))
+        positions = units + self._slices[layer].start
         mean_activation = None
         if self.config.bias_compensation:
-            mean = self._state_view(self.mean_activation, seed, layer)[units]
-            mean_activation = mean / self._bias_correction(seed, layer)[units]
-        fresh = reinit_units(
-            layout, units, self._generators[seed], seed if self.lead else None, mean_activation
-        )
+            mean = self._as_seeded(self.mean_activation)[seeds, positions]
+            mean_activation = mean / torch.rsub(
+                self._as_seeded(self.decay_power)[seeds, positions], 1.0
+            )
+        draws = [
+            _draw_incoming(layout, self.lead, count, self._generators[seed])
+            for seed, count in zip(seed_list, counts, strict=True)
+        ]
+        fresh = torch.cat(draws) if len(draws) > 1 else draws[0]
+        _reinit(layout, self.lead, seeds, units, fresh, mean_activation)
         for buffer in (self.utility, self.mean_activation, self.age, self.out_magnitude):
-            self._state_view(buffer, seed, layer)[units] = 0
-        self._state_view(self.decay_power, seed, layer)[units] = 1.0
+            self._as_seeded(buffer)[seeds, positions] = 0
+        self._as_seeded(self.decay_power)[seeds, positions] = 1.0
         if self.config.magnitude_every > 1 and self.config.utility in _NEEDS_IN_MAGNITUDE:
-            self._state_view(self.in_magnitude, seed, layer)[units] = (
+            self._as_seeded(self.in_magnitude)[seeds, positions] = (
                 fresh.abs().flatten(1).mean(1).to(self.in_magnitude)
             )
-        self._book.replaced(seed, layer, len(units), self.config.maturity_threshold)
-        count = len(units)
-        index = (seed, layer) if self.lead else (layer,)
-        self.replacements[index] += count
+        self._book.replaced(seed_list, layer, counts, self.config.maturity_threshold)
+        self._as_seeded(self.replacements)[:, layer].index_add_(
+            0, seeds_of_layer, torch.tensor(counts, device=self.replacements.device)
+        )
+        return [
+            Replacement(layer, seed, picked) for seed, picked in zip(seed_list, chosen, strict=True)
+        ]
 
 
 class _HostBook:
-    """Host-side bookkeeping of the replacement decisions, in plain Python.
+    """Host-side bookkeeping of the replacement decisions, in numpy arrays ``[seeds, layers]``.
 
     Which units are eligible follows from their ages: a unit replaced at step ``r`` becomes
     eligible at step ``r + mt + 1``. Counting that on the host means deciding how many units to
-    replace needs no device round trip and no per-step tensor op. Accumulators are Python
-    floats (float64), as in the reference. The buffers stay the source of truth after a load.
+    replace needs no device round trip and no per-step tensor op. Accumulators are float64, as
+    the reference's Python floats. The buffers stay the source of truth after a load.
     """
 
     def __init__(self, num_seeds: int, num_layers: int) -> None:
         self.steps = 0
-        self.accumulated = [[0.0] * num_layers for _ in range(num_seeds)]
-        self.replacements = [[0] * num_layers for _ in range(num_seeds)]
-        self.eligible = [[0] * num_layers for _ in range(num_seeds)]
-        self.maturing: deque[tuple[int, int, int, int]] = deque()  # (step, seed, layer, count)
+        self.accumulated = np.zeros((num_seeds, num_layers))
+        self.replacements = np.zeros((num_seeds, num_layers), np.int64)
+        self.eligible = np.zeros((num_seeds, num_layers), np.int64)
+        self.maturing: deque[tuple[int, list[int], int, list[int]]] = deque()
+        """(step, seeds, layer, counts): units that become eligible at that step."""
         self.stale = True
 
     def rebuild(
@@ -421,57 +473,58 @@ class _HostBook:
     ) -> None:
         seeds = len(self.eligible)
         self.steps = int(steps.item())
-        self.accumulated = accumulated.detach().cpu().double().reshape(seeds, -1).tolist()
-        self.replacements = replacements.detach().cpu().reshape(seeds, -1).tolist()
+        self.accumulated = accumulated.detach().cpu().double().numpy().reshape(seeds, -1).copy()
+        self.replacements = replacements.detach().cpu().numpy().reshape(seeds, -1).copy()
         ages = age.detach().cpu().numpy().reshape(seeds, -1)
         pending = []
         for layer, span in enumerate(spans):
             for seed in range(seeds):
                 layer_ages = ages[seed, span]
-                self.eligible[seed][layer] = int((layer_ages > maturity_threshold).sum())
+                self.eligible[seed, layer] = int((layer_ages > maturity_threshold).sum())
                 young, counts = np.unique(
                     layer_ages[layer_ages <= maturity_threshold], return_counts=True
                 )
                 for unit_age, count in zip(young.tolist(), counts.tolist(), strict=True):
                     ready = self.steps + maturity_threshold + 1 - unit_age
-                    pending.append((ready, seed, layer, count))
+                    pending.append((ready, [seed], layer, [count]))
         self.maturing = deque(sorted(pending))
         self.stale = False
 
     def plan(
         self, config: CBPConfig, generators: Sequence[torch.Generator]
-    ) -> list[tuple[int, int, int]]:
-        """``(seed, layer, count)`` of the units to replace at this step."""
+    ) -> list[tuple[int, list[int], list[int]]]:
+        """``(layer, seeds, counts)`` of the units to replace at this step."""
         maturing, eligible = self.maturing, self.eligible
         while maturing and maturing[0][0] <= self.steps:
-            _, seed, layer, count = maturing.popleft()
-            eligible[seed][layer] += count
-        rate = config.replacement_rate
-        plan = []
-        for seed, row in enumerate(eligible):
-            draws: list[float] | None = None
-            for layer, count in enumerate(row):
-                if not count:
-                    continue  # nothing eligible: no accrual either, as in the reference
-                expected = rate * count
-                if config.accumulate:
-                    total = self.accumulated[seed][layer] + expected
-                    chosen = int(total)
-                    self.accumulated[seed][layer] = total - chosen
-                elif expected < 1.0:
-                    if draws is None:
-                        draws = torch.rand(len(row), generator=generators[seed]).tolist()
-                    chosen = 1 if draws[layer] <= expected else 0
-                else:
-                    chosen = int(expected)
-                if chosen:
-                    plan.append((seed, layer, min(chosen, count)))
-        return plan
+            _, seeds, layer, counts = maturing.popleft()
+            eligible[seeds, layer] += counts
+        expected = config.replacement_rate * eligible
+        if config.accumulate:
+            # nothing eligible adds 0.0: no accrual then, as in the reference
+            self.accumulated += expected
+            chosen = np.floor(self.accumulated)
+            self.accumulated -= chosen
+        else:
+            chosen = np.floor(expected)
+            below = (expected < 1.0) & (eligible > 0)
+            for seed in np.flatnonzero(below.any(1)).tolist():
+                draws = torch.rand(eligible.shape[1], generator=generators[seed]).numpy()
+                chosen[seed] = np.where(below[seed], draws <= expected[seed], chosen[seed])
+        plan = np.minimum(chosen.astype(np.int64), eligible)
+        if not plan.any():
+            return []
+        return [
+            (layer, replacing.tolist(), plan[replacing, layer].tolist())
+            for layer in range(plan.shape[1])
+            if len(replacing := np.flatnonzero(plan[:, layer]))
+        ]
 
-    def replaced(self, seed: int, layer: int, count: int, maturity_threshold: int) -> None:
-        self.eligible[seed][layer] -= count
-        self.maturing.append((self.steps + maturity_threshold + 1, seed, layer, count))
-        self.replacements[seed][layer] += count
+    def replaced(
+        self, seeds: list[int], layer: int, counts: list[int], maturity_threshold: int
+    ) -> None:
+        self.eligible[seeds, layer] -= counts
+        self.maturing.append((self.steps + maturity_threshold + 1, seeds, layer, counts))
+        self.replacements[seeds, layer] += counts
 
 
 class _PerUnitReducer:
@@ -625,6 +678,11 @@ def _incoming_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:
 
 def _outgoing_view(layout: UnitLayout) -> tuple[Tensor, Tensor, int]:
     return layout.out_weight, layout.outgoing(), layout.out_unit_dim
+
+
+def _magnitudes_due(step: int, every: int) -> bool:
+    """Magnitudes are recomputed at step 1 and at every multiple of ``every``."""
+    return step == 1 or step % every == 0
 
 
 def _seed_list(seeds: Sequence[int] | int | None, count: int) -> list[int]:

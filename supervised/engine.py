@@ -602,7 +602,7 @@ class BatchedLearner:
 
     def _cbp_step(self, hidden: list[Tensor]) -> None:
         assert self.cbp is not None
-        if self.cbp_calls % self.cbp.config.magnitude_every == 0:
+        if self.cbp.magnitudes_due():
             self._flush()  # the core reads the weights' magnitudes at this call
         self.cbp_calls += 1
         replaced = self.cbp.generate_and_test(hidden, self.layouts)

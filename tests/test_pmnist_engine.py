@@ -372,7 +372,7 @@ def test_core_accumulators_keep_float64_through_state_dict() -> None:
     replaces the same units)."""
     core = GenerateAndTest([4], CBP, seeds=[0], num_seeds=1)
     core._book.stale = False
-    core._book.accumulated = [[0.1 + 1e-12]]
+    core._book.accumulated = np.array([[0.1 + 1e-12]])
     state = core.state_dict()
     assert state["accumulated"].dtype == torch.float64
     assert float(state["accumulated"][0, 0]) == 0.1 + 1e-12
