@@ -90,30 +90,27 @@ class RunSettings:
     """Environment, budget, seed, devices and output of a run."""
 
     env: str = "Ant-v4"
-    """Gymnasium id of a continuous-action env: Ant, Hopper, Walker2d, HalfCheetah, Humanoid
-    (-v4 or -v5), SlipperyAnt-v4/-v5, InvertedPendulum-v4, ..."""
+    """Gymnasium id of a continuous-action env, e.g. Ant-v4, Hopper-v5, SlipperyAnt-v4."""
     total_steps: Steps = 100_000_000
     """Environment steps of the whole run (all sub-envs together). May be raised on resume."""
     seed: int = 1
-    """Seed of everything: network init, sub-env i gets seed + i, action noise, minibatches, CBP."""
+    """Seed of the run: network init, env resets, action noise, minibatch order, CBP draws."""
     num_envs: int = 8
     """Sub-environments stepping in lockstep (the paper used 1; the batch size is what matters)."""
     vector_mode: VectorMode = "auto"
-    """How the sub-envs run: sync (this process), async (one process each, Gymnasium),
-    batched (several per worker process, shared memory), auto (batched if >1 env and >1 core)."""
+    """sync (in process), async (a process per env), batched (envs per worker), auto."""
     num_workers: int = 0
     """Worker processes of the batched vectorizer; 0 = one per CPU core (at most num_envs)."""
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
-    torch_threads: int = 0
-    """Torch intra-op threads for the updates; 0 = one per CPU core."""
+    torch_threads: int = 1
+    """Torch intra-op threads (0 = one per core); >1 only pays on otherwise idle cores."""
     run_dir: Path | None = None
     """Directory of this run; default: RUNS_ROOT/<algorithm>-<env>-s<seed>-<date>-<time>."""
     runs_root: Path = Path("runs")
     """Where new run directories are made when --run-dir is not given."""
     resume: Path | None = None
-    """Resume the run in this directory from its checkpoint (its config.json gives the defaults;
-    flags may raise --total-steps or change output options, not the training settings)."""
+    """Continue the run in this directory from its checkpoint, exactly."""
     checkpoint_every: Steps = 1_000_000
     """Write a checkpoint each time this many more steps are done (0: only on exit)."""
     progress: bool = True
@@ -144,8 +141,7 @@ class NetworkSettings:
     activation: ActivationName = "relu"
     """Hidden activation."""
     init: InitName = "lecun"
-    """Weight init: lecun = U(+-sqrt(3/fan_in)) on every layer (the paper's), kaiming, xavier,
-    default (U(+-sqrt(1/fan_in))), orthogonal (CleanRL: gain sqrt(2), policy head 0.01)."""
+    """Weight init: lecun (the paper's), kaiming, xavier, default, orthogonal (CleanRL)."""
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
@@ -161,8 +157,7 @@ class OptimizerSettings:
     """The optimizer."""
 
     optimizer: OptimizerName = "adam"
-    """adam (coupled L2 weight decay, as the paper), adamw (decoupled), sgd, resettable_adam
-    (per-element step counts: replaced weights restart Adam's bias correction)."""
+    """adam and sgd (coupled L2), adamw (decoupled), resettable_adam (per-weight steps)."""
     lr: float = 1e-4
     """Learning rate."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -193,8 +188,7 @@ class MethodSettings:
     (L2 is --weight-decay)."""
 
     cbp: bool = False
-    """Continual backpropagation on every network, after every optimizer step, on that update's
-    forward-pass activations."""
+    """Continual backprop on both networks after every update, on its forward pass."""
     replacement_rate: float = 1e-4
     """CBP: fraction of eligible units replaced per step (rr)."""
     maturity_threshold: int = 10_000
@@ -204,26 +198,21 @@ class MethodSettings:
     utility: UtilityName = "contribution"
     """CBP: utility measure."""
     cbp_init: CBPInit = "auto"
-    """CBP: distribution of new incoming weights; auto = the network's init (kaiming for
-    orthogonal networks)."""
+    """CBP/ReDo new-weight init; auto = the network's (kaiming for orthogonal)."""
     accumulate: bool = False
-    """CBP: accumulate fractional replacements (permuted MNIST) instead of replacing one unit
-    with probability rr * eligible (the RL default)."""
+    """CBP: accumulate fractional replacements instead of replacing with probability."""
     magnitude_every: int = 1
     """CBP: updates between recomputations of the weight magnitudes in the utility (1 = exact)."""
     reset_optimizer_state: OptimizerReset = "auto"
-    """Zero the optimizer state of replaced units: auto = only with resettable_adam (as the
-    paper), always, never."""
+    """Zero the optimizer state of replaced units: auto (resettable_adam only)."""
     redo: bool = False
-    """ReDo: every --redo-period updates, reinitialize units whose normalized activation is at
-    most --redo-threshold."""
+    """ReDo: reinitialize dormant units every --redo-period updates."""
     redo_threshold: float = 0.1
     """ReDo: dormancy threshold tau."""
     redo_period: int = 100
     """ReDo: updates between reinitializations."""
     perturb_std: float = 0.0
-    """Shrink and perturb: std of the Gaussian noise added to every network weight after each
-    update (0 = off)."""
+    """Shrink and perturb: noise std added to every weight after each update (0 = off)."""
     shrink: float = 1.0
     """Shrink and perturb: factor applied to the weights after each update (1 = none)."""
 

@@ -95,16 +95,17 @@ class PlasticityMethods(nn.Module):
         """Whether any method is on."""
         return bool(len(self.cbp) or len(self.redo) or len(self.perturb))
 
-    def after_update(self) -> int:
-        """Step every method once (after ``optimizer.step()``); returns the units replaced."""
+    def after_update(self, name: str | None = None) -> int:
+        """Step the methods of network ``name`` (of every network if ``None``) once, after its
+        ``optimizer.step()``; returns the units replaced."""
         replaced = 0
-        for name in self.names:
-            if name in self.perturb:
-                self.perturb[name].step()
-            if name in self.cbp:
-                replaced += self.cbp[name].step()
-            if name in self.redo:
-                replaced += self.redo[name].step()
+        for net in self.names if name is None else (name,):
+            if net in self.perturb:
+                self.perturb[net].step()
+            if net in self.cbp:
+                replaced += self.cbp[net].step()
+            if net in self.redo:
+                replaced += self.redo[net].step()
         return replaced
 
     def replacement_counts(self) -> dict[str, list[int]]:

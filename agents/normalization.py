@@ -6,6 +6,7 @@ and keep their statistics in buffers, so ``state_dict()`` holds all of it.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -68,7 +69,7 @@ class ObservationNormalizer(nn.Module):
 class RewardScaler(nn.Module):
     """Rewards divided by the running std of the discounted return, then clipped (as SB3's
     VecNormalize and CleanRL's NormalizeReward): each sub-env keeps its discounted return,
-    reset when its episode ends."""
+    reset when its episode ends. Works on the numpy rewards of the env; stays on the CPU."""
 
     returns: Tensor
 
@@ -82,14 +83,15 @@ class RewardScaler(nn.Module):
         self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
 
     @torch.no_grad()
-    def forward(self, rewards: Tensor, ended: Tensor) -> Tensor:
-        """Scaled float32 rewards of one step; ``ended`` marks the sub-envs whose episode ended."""
-        rewards = rewards.to(torch.float64)
-        self.returns.mul_(self.gamma).add_(rewards)
-        self.rms.update(self.returns)
-        scaled = (rewards / torch.sqrt(self.rms.var + 1e-8)).clamp_(-self.clip, self.clip)
-        self.returns.masked_fill_(ended, 0.0)
-        return scaled.to(torch.float32)
+    def scale(self, rewards: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        """Scaled rewards of one step; ``ended`` marks the sub-envs whose episode ended."""
+        returns = self.returns.numpy()  # a view: the buffer is updated in place
+        returns *= self.gamma
+        returns += rewards
+        self.rms.update(torch.from_numpy(returns.copy()))
+        scaled = np.clip(rewards / np.sqrt(float(self.rms.var) + 1e-8), -self.clip, self.clip)
+        returns[ended] = 0.0
+        return scaled
 
     def reset(self) -> None:
         """Forget the running discounted returns (new episodes in every sub-env)."""

@@ -14,9 +14,11 @@ against hand computations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -80,8 +82,7 @@ class PPOSettings:
     clip_coef: float = 0.2
     """Clip range of the probability ratio in the surrogate objective."""
     value_coef: float = 1.0
-    """Weight of the value loss mean((V - return)^2) in the total loss (CleanRL's 0.5 * 0.5
-    equals 0.25 here)."""
+    """Weight of the value loss mean((V - R)^2); CleanRL's vf_coef 0.5 is 0.25 here."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
     clip_value_loss: bool = False
@@ -91,15 +92,15 @@ class PPOSettings:
     max_grad_norm: float = 0.0
     """Clip the global gradient norm to this (0 = no clipping)."""
     advantage_norm: AdvantageNorm = "batch"
-    """Normalize advantages to zero mean, unit std over the whole batch (the paper),
-    per minibatch (CleanRL), or not."""
+    """Standardize advantages over the batch (the paper), per minibatch, or off."""
     target_kl: float = 0.0
     """Stop the epochs of an update early when the approximate KL exceeds this (0 = never)."""
     truncation_as_termination: bool = False
-    """Treat time-limit truncation as termination (the paper's behaviour); otherwise bootstrap
-    from the value of the last observation."""
+    """Treat time-limit truncation as termination (paper); else bootstrap."""
     separate_optimizers: bool = False
-    """One optimizer per network instead of one over both (the paper)."""
+    """Give the value network its own learning rate, --value-lr."""
+    value_lr: float = 0.0
+    """Learning rate of the value network with --separate-optimizers (0 = --lr)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian policy."""
     normalize_obs: bool = False
@@ -110,9 +111,10 @@ class PPOSettings:
     """Scale rewards by the running std of the discounted return."""
     reward_clip: float = 10.0
     """Clip scaled rewards to +-this."""
+    parallel_update: bool = True
+    """Update policy and value net in two threads (same numbers as one after another)."""
     clip_actions: bool = False
-    """Clip actions to the action bounds before the env sees them (the paper sends them
-    unclipped; MuJoCo clamps controls itself)."""
+    """Clip actions to the bounds before the env (the paper sends them unclipped)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_minibatches", "update_epochs"):
@@ -128,7 +130,7 @@ class PPOSettings:
         for name in ("clip_coef", "value_clip_coef", "obs_clip", "reward_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("value_coef", "entropy_coef", "max_grad_norm", "target_kl"):
+        for name in ("value_coef", "entropy_coef", "max_grad_norm", "target_kl", "value_lr"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -145,10 +147,7 @@ class PPOConfig:
     """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env."""
 
     preset: PresetName | None = None
-    """Settings to start from (flags given override them): standard (the paper's PPO: Adam
-    (0.9, 0.999)), ns (Adam betas 0.99), l2 (betas 0.99, weight decay 1e-3), redo (betas 0.99,
-    wd 1e-4, ReDo 0.1 every 100 updates), cbp (betas 0.99, wd 1e-4, CBP rr 1e-4 mt 1e4; also
-    chosen by --cbp), cleanrl (CleanRL's ppo_continuous_action defaults)."""
+    """Start from: standard, ns, l2, redo, cbp (also --cbp), cleanrl; flags override it."""
     run: Annotated[RunSettings, Group] = field(default_factory=RunSettings)
     ppo: Annotated[PPOSettings, Group] = field(default_factory=PPOSettings)
     network: Annotated[NetworkSettings, Group] = field(default_factory=NetworkSettings)
@@ -220,8 +219,46 @@ def compute_gae(
     return advantages_t, advantages_t + values
 
 
+class Surrogate(NamedTuple):
+    """The clipped surrogate loss of one minibatch and its diagnostics (detached)."""
+
+    loss: Tensor
+    approx_kl: Tensor
+    clip_fraction: Tensor
+
+
+def clipped_surrogate(
+    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *, clip_coef: float
+) -> Surrogate:
+    """``mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``, ``ratio = exp(lp - lp_old)``.
+
+    Diagnostics: ``approx_kl = mean((ratio - 1) - log ratio)`` (Schulman's k3 estimator of
+    KL(old || new)) and the fraction of ratios outside ``[1 - c, 1 + c]``.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return Surrogate(loss, approx_kl, clip_fraction)
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, *, clip_coef: float | None = None
+) -> Tensor:
+    """``mean((V - R)^2)``; with ``clip_coef``, CleanRL's clipped version
+    ``mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))``."""
+    squared = (values - returns).square()
+    if clip_coef is not None:
+        moved = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+        squared = torch.max(squared, (moved - returns).square())
+    return squared.mean()
+
+
 class PPOLoss(NamedTuple):
-    """The loss of one minibatch and its parts (diagnostics detached)."""
+    """The loss of one minibatch and its parts (parts detached)."""
 
     total: Tensor
     policy: Tensor
@@ -245,31 +282,22 @@ def ppo_loss(
     entropy_coef: float = 0.0,
     value_clip_coef: float | None = None,
 ) -> PPOLoss:
-    """``policy + value_coef * value - entropy_coef * entropy`` for one minibatch.
+    """``surrogate + value_coef * value_loss - entropy_coef * entropy`` for one minibatch.
 
-    ``policy = mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))`` with
-    ``ratio = exp(log_prob - old_log_prob)``; ``value = mean((V - R)^2)``, or with
-    ``value_clip_coef`` ``mean(max((V - R)^2, (V_old + clip(V - V_old, +-vc) - R)^2))``.
-    Diagnostics: ``approx_kl = mean((ratio - 1) - log ratio)`` (Schulman's k3 estimator) and
-    the fraction of ratios outside ``[1 - c, 1 + c]``.
+    The policy's parameters get gradient only from the surrogate and the entropy, the value
+    network's only from the value loss, so the agent computes the two parts separately (and in
+    parallel); this function is their sum, for reference and tests.
     """
-    log_ratio = log_prob - old_log_prob
-    ratio = log_ratio.exp()
-    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
-    policy = torch.max(-advantages * ratio, -advantages * clipped).mean()
-    squared = (values - returns).square()
-    if value_clip_coef is not None:
-        moved = old_values + (values - old_values).clamp(-value_clip_coef, value_clip_coef)
-        squared = torch.max(squared, (moved - returns).square())
-    value = squared.mean()
-    total = policy + value_coef * value
-    if entropy_coef:
-        total = total - entropy_coef * entropy
-    with torch.no_grad():
-        approx_kl = ((ratio - 1.0) - log_ratio).mean()
-        clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    surrogate = clipped_surrogate(log_prob, old_log_prob, advantages, clip_coef=clip_coef)
+    value = value_loss(values, old_values, returns, clip_coef=value_clip_coef)
+    total = surrogate.loss + value_coef * value - entropy_coef * entropy
     return PPOLoss(
-        total, policy.detach(), value.detach(), entropy.detach(), approx_kl, clip_fraction
+        total,
+        surrogate.loss.detach(),
+        value.detach(),
+        entropy.detach(),
+        surrogate.approx_kl,
+        surrogate.clip_fraction,
     )
 
 
@@ -305,7 +333,7 @@ class PolicyBatch(NamedTuple):
 
 
 class RolloutBuffer:
-    """``[T, N]`` storage of one rollout (T steps of N sub-envs)."""
+    """``[T, N, ...]`` observations and actions of one rollout (T steps of N sub-envs)."""
 
     def __init__(
         self, steps: int, num_envs: int, obs_dim: int, action_dim: int, device: torch.device
@@ -315,12 +343,21 @@ class RolloutBuffer:
 
         self.obs = zeros(steps, num_envs, obs_dim)
         self.actions = zeros(steps, num_envs, action_dim)
-        self.log_probs = zeros(steps, num_envs)
-        self.values = zeros(steps, num_envs)
-        self.rewards = zeros(steps, num_envs)
-        self.next_values = zeros(steps, num_envs)
-        self.terminated = zeros(steps, num_envs, dtype=torch.bool)
-        self.ended = zeros(steps, num_envs, dtype=torch.bool)
+
+
+class _Rollout:
+    """What a rollout collected besides the buffer: env outcomes as numpy, episodes."""
+
+    def __init__(self, steps: int, num_envs: int) -> None:
+        self.rewards = np.zeros((steps, num_envs), dtype=np.float64)
+        self.terminated = np.zeros((steps, num_envs), dtype=bool)
+        self.truncated = np.zeros((steps, num_envs), dtype=bool)
+        self.finals: list[tuple[int, int, Tensor]] = []
+        """(step, env, normalized last observation) of episodes truncated by the time limit."""
+        self.episodes: list[Episode] = []
+        self.env_info: dict[str, float] = {}
+        self.noise = torch.empty(0)
+        self.last_obs = torch.empty(0)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -347,9 +384,12 @@ class PPOAgent:
         ).to(self.device)
         self.value = build_mlp(obs_dim, 1, config.network).to(self.device)
         self.optimizers = self._make_optimizers()
+        self.initial_lrs = {
+            name: float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()
+        }
         self.methods = PlasticityMethods(
             {"policy": self.policy.mean_net, "value": self.value},
-            self._optimizer_by_network,
+            self.optimizers,
             config.methods,
             init=replacement_init(config.network, config.methods.cbp_init),
             seed=derive_seed(seed, "methods"),
@@ -378,19 +418,24 @@ class PPOAgent:
         self.updates = 0
         self.num_iterations = math.ceil(config.run.total_steps / self.batch_size)
         self.observations = np.zeros((self.num_envs, obs_dim))
+        self._pool = ThreadPoolExecutor(1) if config.ppo.parallel_update else None
 
-    def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One optimizer per network.
+
+        Adam, AdamW, SGD and ResettableAdam update each parameter from its own gradient and
+        state, so one optimizer over both networks (the paper) and one per network with the same
+        settings compute the same numbers; one per network lets the two update in parallel.
+        With --separate-optimizers the value network gets its own learning rate.
+        """
         settings = self.config.optimizer
-        policy_params = list(self.policy.parameters())
-        value_params = list(self.value.parameters())
-        if self.settings.separate_optimizers:
-            policy_opt = build_optimizer(settings, policy_params)
-            value_opt = build_optimizer(settings, value_params)
-            self._optimizer_by_network = {"policy": policy_opt, "value": value_opt}
-            return [policy_opt, value_opt]
-        shared = build_optimizer(settings, policy_params + value_params)
-        self._optimizer_by_network = {"policy": shared, "value": shared}
-        return [shared]
+        value_settings = settings
+        if self.settings.separate_optimizers and self.settings.value_lr:
+            value_settings = dataclasses.replace(settings, lr=self.settings.value_lr)
+        return {
+            "policy": build_optimizer(settings, list(self.policy.parameters())),
+            "value": build_optimizer(value_settings, list(self.value.parameters())),
+        }
 
     # ----------------------------------------------------------------- observations
     def start(self, observations: np.ndarray) -> None:
@@ -412,93 +457,111 @@ class PPOAgent:
     # ----------------------------------------------------------------- iteration
     def iterate(self) -> Iteration:
         learning_rate = self._anneal_learning_rate()
-        episodes, env_info, last_value = self._collect()
+        rollout = self._collect()
         update_started = time.perf_counter()
-        batch = self._batch(last_value)
+        batch = self._batch(rollout)
         scalars = self._update(batch)
         scalars["charts/learning_rate"] = learning_rate
         update_seconds = time.perf_counter() - update_started
         self.iteration += 1
-        return Iteration(self.batch_size, scalars, episodes, env_info, update_seconds)
+        return Iteration(
+            self.batch_size, scalars, rollout.episodes, rollout.env_info, update_seconds
+        )
 
     def _anneal_learning_rate(self) -> float:
         base = self.config.optimizer.lr
         if not self.config.optimizer.anneal_lr:
             return base
         fraction = max(0.0, 1.0 - self.iteration / self.num_iterations)
-        for optimizer in self.optimizers:
+        for name, optimizer in self.optimizers.items():
+            start = self.initial_lrs[name]
             for group in optimizer.param_groups:
-                group["lr"] = fraction * base
+                group["lr"] = fraction * start
         return fraction * base
 
     @torch.no_grad()
-    def _collect(self) -> tuple[list[Episode], dict[str, float], Tensor]:
-        """One rollout of ``steps_per_env`` vector steps into the buffer."""
+    def _collect(self) -> _Rollout:
+        """One rollout of ``steps_per_env`` vector steps.
+
+        Only the policy's mean runs per step; the weights do not change during a rollout, so the
+        action noise is drawn for the whole rollout at once, and the log-probabilities and values
+        are computed for all steps together afterwards (in :meth:`_batch`).
+        """
         settings, buf = self.settings, self.buffer
-        bootstrap_truncation = not settings.truncation_as_termination
-        policy, value_net, log_std = self.policy, self.value, self.policy.log_std
-        episodes: list[Episode] = []
+        steps, num_envs = self.steps_per_env, self.num_envs
+        rollout = _Rollout(steps, num_envs)
+        noise = torch.randn(buf.actions.shape, generator=self.action_generator, device=self.device)
+        rollout.noise = noise
+        std = self.policy.log_std.exp()
+        mean_net = self.policy.mean_net
+        bootstrap = not settings.truncation_as_termination
         infos: dict[str, Any] = {}
-        buf.next_values.zero_()
-        for t in range(self.steps_per_env):
+        for t in range(steps):
             obs = self._normalized(self.observations)
-            with torch.inference_mode():
-                mean = policy(obs)
-                values = value_net(obs).squeeze(-1)
-                noise = torch.randn(mean.shape, generator=self.action_generator, device=self.device)
-                actions = mean + log_std.exp() * noise
-                log_probs = gaussian_log_prob(mean, log_std, actions)
             buf.obs[t] = obs
+            with torch.inference_mode():
+                actions = torch.addcmul(mean_net(obs), std, noise[t])
             buf.actions[t] = actions
-            buf.log_probs[t] = log_probs
-            buf.values[t] = values
-            env_actions = actions
             if settings.clip_actions:
-                env_actions = torch.max(torch.min(actions, self.action_high), self.action_low)
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(
-                env_actions.cpu().numpy()
-            )
-            ended = terminated | truncated
-            ended_t = torch.as_tensor(ended, device=self.device)
-            buf.ended[t] = ended_t
-            buf.terminated[t] = (
-                torch.as_tensor(terminated, device=self.device) if bootstrap_truncation else ended_t
-            )
-            rewards_t = torch.as_tensor(rewards, device=self.device)
+                actions = torch.max(torch.min(actions, self.action_high), self.action_low)
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
+            rollout.rewards[t] = rewards
+            rollout.terminated[t] = terminated
+            rollout.truncated[t] = truncated
+            if bootstrap and truncated.any():
+                finals = final_observations(infos)
+                for i in np.flatnonzero(truncated & ~terminated):
+                    rollout.finals.append((t, int(i), self._normalized(finals[int(i)][None])))
             if self.reward_scaler is not None:
-                rewards_t = self.reward_scaler(rewards_t, ended_t)
-            buf.rewards[t] = rewards_t
-            if bootstrap_truncation and (truncated & ~terminated).any():
-                self._bootstrap_truncated(t, infos, np.flatnonzero(truncated & ~terminated))
+                rollout.rewards[t] = self.reward_scaler.scale(rewards, terminated | truncated)
             if self.obs_normalizer is not None:
                 self.obs_normalizer.update(self._raw(next_obs))
             self.observations = next_obs
-            self.global_step += self.num_envs
-            episodes.extend(episodes_from_infos(infos, self.global_step))
-        with torch.inference_mode():
-            last_value = value_net(self._normalized(self.observations)).squeeze(-1)
-        return episodes, info_means(infos, self.description.logged_info_keys), last_value
+            self.global_step += num_envs
+            if "_episode" in infos:
+                rollout.episodes.extend(episodes_from_infos(infos, self.global_step))
+        rollout.last_obs = self._normalized(self.observations)
+        rollout.env_info = info_means(infos, self.description.logged_info_keys)
+        return rollout
 
-    def _bootstrap_truncated(self, t: int, infos: dict[str, Any], indices: np.ndarray) -> None:
-        """Store ``V(last observation)`` of the episodes truncated at step ``t``."""
-        finals = final_observations(infos)
-        last = np.stack([finals[int(i)] for i in indices])
-        with torch.inference_mode():
-            values = self.value(self._normalized(last)).squeeze(-1)
-        self.buffer.next_values[t, torch.as_tensor(indices, device=self.device)] = values
-
-    def _batch(self, last_value: Tensor) -> PolicyBatch:
-        """GAE over the rollout, flattened to ``[batch_size, ...]``."""
+    def _batch(self, rollout: _Rollout) -> PolicyBatch:
+        """Log-probabilities, values and GAE of a rollout, flattened to ``[batch_size, ...]``."""
         buf, settings = self.buffer, self.settings
-        next_values = buf.next_values.clone()
-        next_values[:-1] = torch.where(buf.ended[:-1], next_values[:-1], buf.values[1:])
-        next_values[-1] = torch.where(buf.ended[-1], next_values[-1], last_value)
+        steps, num_envs = self.steps_per_env, self.num_envs
+        device = self.device
+        with torch.inference_mode():
+            log_probs = -(0.5 * rollout.noise.square() + self.policy.log_std + _LOG_SQRT_2PI).sum(
+                -1
+            )
+            everything = torch.cat([buf.obs.reshape(self.batch_size, -1), rollout.last_obs])
+            values_all = self.value(everything).squeeze(-1)
+            values = values_all[: self.batch_size].reshape(steps, num_envs)
+            last_value = values_all[self.batch_size :]
+            final_values = (
+                self.value(torch.cat([obs for _, _, obs in rollout.finals])).squeeze(-1)
+                if rollout.finals
+                else None
+            )
+        terminated = torch.from_numpy(rollout.terminated).to(device)
+        truncated = torch.from_numpy(rollout.truncated).to(device)
+        ended = terminated | truncated
+        if settings.truncation_as_termination:
+            terminated = ended
+        next_values = torch.zeros(steps, num_envs, device=device)
+        next_values[:-1] = values[1:]
+        next_values[-1] = last_value
+        next_values.masked_fill_(ended, 0.0)
+        if final_values is not None:
+            rows = torch.tensor([t for t, _, _ in rollout.finals], device=device)
+            cols = torch.tensor([i for _, i, _ in rollout.finals], device=device)
+            next_values[rows, cols] = final_values
+        rewards = torch.from_numpy(rollout.rewards).to(device=device, dtype=torch.float32)
         advantages, returns = compute_gae(
-            buf.rewards,
-            buf.values,
+            rewards,
+            values,
             next_values,
-            buf.terminated,
-            buf.ended,
+            terminated,
+            ended,
             gamma=settings.gamma,
             gae_lambda=settings.gae_lambda,
         )
@@ -508,81 +571,106 @@ class PPOAgent:
         return PolicyBatch(
             buf.obs.reshape(self.batch_size, -1),
             buf.actions.reshape(self.batch_size, -1),
-            buf.log_probs.reshape(-1),
-            buf.values.reshape(-1),
+            log_probs.reshape(-1).clone(),
+            values.reshape(-1).clone(),
             advantages,
             returns.reshape(-1),
         )
 
     def _update(self, batch: PolicyBatch) -> dict[str, float]:
-        """``update_epochs`` passes of minibatch updates; returns the mean diagnostics."""
+        """``update_epochs`` passes of minibatch updates; returns the mean diagnostics.
+
+        The policy and the value network are updated by independent parts (each its loss, its
+        optimizer, its CBP), in two threads when ``parallel_update``; both orders give the same
+        numbers. Gradient clipping by the global norm couples them: then they go in lockstep.
+        """
         settings = self.settings
         size, count = settings.minibatch_size, settings.num_minibatches
-        params = [
-            p for optimizer in self.optimizers for g in optimizer.param_groups for p in g["params"]
-        ]
-        value_clip = settings.value_clip_coef if settings.clip_value_loss else None
-        totals = torch.zeros(5, device=self.device)
-        updates = replaced = 0
+        policy_part = _PartUpdate(self, "policy", lambda index: self._policy_loss(batch, index))
+        value_part = _PartUpdate(self, "value", lambda index: self._value_loss(batch, index))
+        epochs = 0
         for _epoch in range(settings.update_epochs):
             order = torch.randperm(self.batch_size, generator=self.minibatch_generator)
-            order = order.to(self.device)
-            for k in range(count):
-                index = order[k * size : (k + 1) * size]
-                loss = self._minibatch_loss(batch, index, value_clip)
-                for optimizer in self.optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                if settings.max_grad_norm:
-                    nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                for optimizer in self.optimizers:
-                    optimizer.step()
-                replaced += self.methods.after_update()
-                totals += torch.stack(
-                    [loss.policy, loss.value, loss.entropy, loss.approx_kl, loss.clip_fraction]
-                )
-                updates += 1
-            if settings.target_kl and float(loss.approx_kl) > settings.target_kl:
+            indices = list(order.to(self.device).split(size))
+            assert len(indices) == count
+            if settings.max_grad_norm:
+                self._lockstep_epoch(policy_part, value_part, indices)
+            elif self._pool is not None:
+                pending = self._pool.submit(value_part.epoch, indices)
+                policy_part.epoch(indices)
+                pending.result()
+            else:
+                policy_part.epoch(indices)
+                value_part.epoch(indices)
+            epochs += 1
+            if settings.target_kl and float(policy_part.last[2]) > settings.target_kl:
                 break
+        updates = epochs * count
         self.updates += updates
-        means = (totals / updates).tolist()
+        policy_means = (policy_part.totals / updates).tolist()
+        value_mean = float(value_part.totals[0]) / updates
         return {
-            "train/policy_loss": means[0],
-            "train/value_loss": means[1],
-            "train/entropy": means[2],
-            "train/approx_kl": means[3],
-            "train/clip_fraction": means[4],
+            "train/policy_loss": policy_means[0],
+            "train/value_loss": value_mean,
+            "train/entropy": policy_means[1],
+            "train/approx_kl": policy_means[2],
+            "train/clip_fraction": policy_means[3],
             "train/explained_variance": _explained_variance(batch.values, batch.returns),
             "train/log_std": float(self.policy.log_std.detach().mean()),
-            "train/minibatch_updates": float(updates),
-            "train/replaced_units": float(replaced),
+            "train/epochs": float(epochs),
+            "train/replaced_units": float(policy_part.replaced + value_part.replaced),
         }
 
-    def _minibatch_loss(
-        self, batch: PolicyBatch, index: Tensor, value_clip: float | None
-    ) -> PPOLoss:
+    def _lockstep_epoch(
+        self, policy_part: _PartUpdate, value_part: _PartUpdate, indices: list[Tensor]
+    ) -> None:
+        params = [
+            p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]
+        ]
+        for index in indices:
+            policy_part.backward(index)
+            value_part.backward(index)
+            nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
+            policy_part.step()
+            value_part.step()
+
+    def _policy_loss(self, batch: PolicyBatch, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The policy's loss on a minibatch, and its diagnostics [loss, entropy, kl, clipped]."""
         settings = self.settings
-        obs = batch.obs[index]
-        mean = self.policy(obs)
-        values = self.value(obs).squeeze(-1)
+        mean = self.policy(batch.obs[index])
         log_std = self.policy.log_std
         log_probs = gaussian_log_prob(mean, log_std, batch.actions[index])
         advantages = batch.advantages[index]
         if settings.advantage_norm == "minibatch":
             advantages = _standardize(advantages)
-        return ppo_loss(
-            log_probs,
-            batch.log_probs[index],
-            advantages,
+        surrogate = clipped_surrogate(
+            log_probs, batch.log_probs[index], advantages, clip_coef=settings.clip_coef
+        )
+        entropy = gaussian_entropy(log_std)
+        loss = surrogate.loss
+        if settings.entropy_coef:
+            loss = loss - settings.entropy_coef * entropy
+        stats = torch.stack(
+            [
+                surrogate.loss.detach(),
+                entropy.detach(),
+                surrogate.approx_kl,
+                surrogate.clip_fraction,
+            ]
+        )
+        return loss, stats
+
+    def _value_loss(self, batch: PolicyBatch, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The value network's loss on a minibatch (times value_coef), and [value loss]."""
+        settings = self.settings
+        values = self.value(batch.obs[index]).squeeze(-1)
+        loss = value_loss(
             values,
             batch.values[index],
             batch.returns[index],
-            gaussian_entropy(log_std),
-            clip_coef=settings.clip_coef,
-            value_coef=settings.value_coef,
-            entropy_coef=settings.entropy_coef,
-            value_clip_coef=value_clip,
+            clip_coef=settings.value_clip_coef if settings.clip_value_loss else None,
         )
+        return settings.value_coef * loss, loss.detach().unsqueeze(0)
 
     # ----------------------------------------------------------------- measures
     def plasticity_networks(self) -> dict[str, nn.Module]:
@@ -615,7 +703,7 @@ class PPOAgent:
         return {
             "policy": self.policy.state_dict(),
             "value": self.value.state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "methods": self.methods.state_dict(),
             "obs_normalizer": None
             if self.obs_normalizer is None
@@ -634,13 +722,13 @@ class PPOAgent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
-        if len(state["optimizers"]) != len(self.optimizers):
+        if set(state["optimizers"]) != set(self.optimizers):
             raise ValueError(
-                f"the state has {len(state['optimizers'])} optimizer(s), this agent "
-                f"{len(self.optimizers)}"
+                f"the state has optimizers {sorted(state['optimizers'])}, this agent "
+                f"{sorted(self.optimizers)}"
             )
-        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
         self.methods.load_state_dict(state["methods"])
         for name in ("obs_normalizer", "reward_scaler"):
             module = getattr(self, name)
@@ -662,6 +750,40 @@ class PPOAgent:
         self.global_step = int(state["global_step"])
         self.iteration = int(state["iteration"])
         self.updates = int(state["updates"])
+
+
+class _PartUpdate:
+    """The updates of one network: its loss, backward, optimizer step and plasticity methods."""
+
+    def __init__(
+        self,
+        agent: PPOAgent,
+        name: str,
+        loss: Callable[[Tensor], tuple[Tensor, Tensor]],
+    ) -> None:
+        self.name = name
+        self.optimizer = agent.optimizers[name]
+        self.methods = agent.methods
+        self.loss = loss
+        self.totals: Tensor | float = 0.0
+        self.last = torch.zeros(4)
+        self.replaced = 0
+
+    def backward(self, index: Tensor) -> None:
+        loss, stats = self.loss(index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.totals = self.totals + stats
+        self.last = stats
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.replaced += self.methods.after_update(self.name)
+
+    def epoch(self, indices: list[Tensor]) -> None:
+        for index in indices:
+            self.backward(index)
+            self.step()
 
 
 def _standardize(values: Tensor) -> Tensor:

@@ -77,6 +77,7 @@ RESUME_IGNORE_RUN = (
     "run.num_workers",
     "run.device",
     "measure",
+    "ppo.parallel_update",
 )
 """Config fields that may change on resume: budget, output and how envs run, not what is learned
 (the vectorizers give identical results)."""
@@ -343,10 +344,11 @@ class _Execution:
         else:
             self._restore(agent, envs, state)
             manager.last_step = state["step"]
+            # Everything logged at the checkpoint's step came before it: drop only later events.
             logger = RunLogger(
                 self.run_dir,
                 self._config_record(),
-                resume_step=state["step"],
+                resume_step=state["step"] + 1,
                 resume_position=state["log_position"],
             )
         print(

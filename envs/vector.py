@@ -130,9 +130,9 @@ def describe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvDe
     check_env_id(env_id)
     try:
         env = gym.make(env_id, **(env_kwargs or {}))
-    except gym.error.DependencyNotInstalled as err:
+    except (gym.error.DependencyNotInstalled, ImportError) as err:
         raise ValueError(
-            f"cannot build {env_id!r}: {err}. The MuJoCo envs need -v4 or -v5 (the -v2/-v3 "
+            f"cannot build {env_id!r}: {err}. Use the -v4 or -v5 MuJoCo envs (the -v2/-v3 "
             "versions need mujoco-py)"
         ) from err
     except Exception as err:
