@@ -9,6 +9,7 @@ scientific notation on the command line (``--total-steps 1e8``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -91,6 +92,8 @@ class RunSettings:
 
     env: str = "Ant-v4"
     """Gymnasium id of a continuous-action env, e.g. Ant-v4, Hopper-v5, SlipperyAnt-v4."""
+    env_kwargs: str = "{}"
+    """Extra gym.make keyword arguments as a JSON object, e.g. '{"use_contact_forces": true}'."""
     total_steps: Steps = 100_000_000
     """Environment steps of the whole run (all sub-envs together). May be raised on resume."""
     seed: int = 1
@@ -119,6 +122,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.env:
             raise ValueError("env must name a Gymnasium environment id, e.g. Ant-v4")
+        self.gym_kwargs()  # validates the JSON
         _positive("total_steps", self.total_steps)
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
@@ -130,6 +134,16 @@ class RunSettings:
         _non_negative("checkpoint_every", self.checkpoint_every)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or auto")
+
+    def gym_kwargs(self) -> dict[str, Any]:
+        """``env_kwargs`` parsed: the extra keyword arguments of ``gym.make``."""
+        try:
+            kwargs = json.loads(self.env_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"env_kwargs is not valid JSON ({err}): {self.env_kwargs!r}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"env_kwargs must be a JSON object, got {self.env_kwargs!r}")
+        return kwargs
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ raw observations ``[N, obs_dim]`` to deterministic actions.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def evaluate_run(
         ) from err
     config = state["config"]
     env_id = config["run"]["env"]
-    kwargs = sub_env_kwargs(env_id, 1)
+    kwargs = {**json.loads(config["run"].get("env_kwargs", "{}")), **sub_env_kwargs(env_id, 1)}
     description = describe_env(env_id, kwargs)
     act = module.load_policy(config, state["agent"], description, resolve_device(device))
     env = make_sub_env(env_id, kwargs)

@@ -692,11 +692,11 @@ class PPOAgent:
     def replacement_counts(self) -> dict[str, list[int]]:
         return self.methods.replacement_counts()
 
-    def act_deterministic(self, observations: np.ndarray) -> np.ndarray:
-        """The mean actions for raw observations (evaluation)."""
-        with torch.inference_mode():
-            mean = self.policy(self._normalized(observations))
-        return mean.cpu().numpy()
+    def close(self) -> None:
+        """Stop the update thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -46,9 +46,11 @@ from cbp_rl.checkpoint import (
 from cbp_rl.envs.vector import (
     EnvDescription,
     capture_vector_state,
+    check_env_id,
     describe_env,
     make_vector_env,
     restore_vector_state,
+    sub_env_kwargs,
 )
 from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger
 from cbp_rl.metrics import PlasticityProbe
@@ -152,6 +154,9 @@ class Agent(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release threads or other resources (the run calls it at the end)."""
+
 
 def derive_seed(seed: int, purpose: str) -> int:
     """A seed for one purpose (``"env"``, ``"actions"``, ...), independent of the others."""
@@ -242,7 +247,9 @@ def prepare_run(
         device = resolve_device(run.device)
     except RuntimeError as err:
         raise ValueError(str(err)) from err
-    description = describe_env(run.env)
+    check_env_id(run.env)
+    kwargs = {**run.gym_kwargs(), **sub_env_kwargs(run.env, run.num_envs)}
+    description = describe_env(run.env, kwargs)
     checkpoint = None
     if run.resume is not None:
         run_dir = Path(run.resume)
@@ -321,6 +328,7 @@ class _Execution:
             run.num_envs,
             mode=run.vector_mode,
             num_workers=run.num_workers,
+            env_kwargs=run.gym_kwargs(),
             info_keys=description.logged_info_keys,
         )
         try:
@@ -332,6 +340,13 @@ class _Execution:
         prepared, run = self.prepared, self.run_settings
         context = AgentContext(self.config, envs, prepared.description, prepared.device, run.seed)
         agent = prepared.build_agent(context)
+        try:
+            return self._run_agent(agent, envs)
+        finally:
+            agent.close()
+
+    def _run_agent(self, agent: Agent, envs: Any) -> int:
+        prepared, run = self.prepared, self.run_settings
         self.monitor = PlasticityMonitor(
             agent.plasticity_networks(), dormant_tau=self.measure.dormant_tau
         )

@@ -35,6 +35,7 @@ import os
 import pickle
 import signal
 import traceback
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -314,7 +315,9 @@ def make_sub_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """One sub-environment: ``gym.make(env_id, **env_kwargs)`` inside :class:`ExactSnapshot`."""
     import cbp_rl.envs  # noqa: F401  (registers the project's environments in worker processes)
 
-    return ExactSnapshot(gym.make(env_id, **env_kwargs))
+    with warnings.catch_warnings():  # describe_env already showed gym's notes about the id
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ExactSnapshot(gym.make(env_id, **env_kwargs))
 
 
 def resolve_vector_mode(mode: str, num_envs: int, num_workers: int = 0) -> tuple[str, int]:
