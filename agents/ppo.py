@@ -144,12 +144,17 @@ Group = tyro.conf.OmitArgPrefixes
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env."""
+    """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env.
 
-    preset: PresetName | None = None
+    The defaults are the paper's standard PPO on Ant (the ``standard`` preset).
+    """
+
+    preset: PresetName = "standard"
     """Start from: standard, ns, l2, redo, cbp (also --cbp), cleanrl; flags override it."""
     run: Annotated[RunSettings, Group] = field(default_factory=RunSettings)
-    ppo: Annotated[PPOSettings, Group] = field(default_factory=PPOSettings)
+    ppo: Annotated[PPOSettings, Group] = field(
+        default_factory=lambda: PPOSettings(truncation_as_termination=True)
+    )
     network: Annotated[NetworkSettings, Group] = field(default_factory=NetworkSettings)
     optimizer: Annotated[OptimizerSettings, Group] = field(default_factory=OptimizerSettings)
     methods: Annotated[MethodSettings, Group] = field(default_factory=MethodSettings)
@@ -299,6 +304,83 @@ def ppo_loss(
         surrogate.approx_kl,
         surrogate.clip_fraction,
     )
+
+
+class PolicyHead(NamedTuple):
+    """The policy loss of a minibatch, its gradients and diagnostics, computed without autograd."""
+
+    loss: Tensor
+    grad_mean: Tensor
+    """d loss / d mean action, ``[B, A]``: backpropagate it through the mean network."""
+    grad_log_std: Tensor
+    """d loss / d log_std, ``[A]``."""
+    stats: Tensor
+    """``[surrogate loss, entropy, approx_kl, clip_fraction]``."""
+
+
+@torch.no_grad()
+def policy_head(
+    mean: Tensor,
+    log_std: Tensor,
+    actions: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    *,
+    clip_coef: float,
+    entropy_coef: float = 0.0,
+) -> PolicyHead:
+    """``clipped_surrogate(gaussian_log_prob(mean, log_std, actions), ...) - entropy_coef *
+    gaussian_entropy(log_std)`` and its gradient with respect to ``mean`` and ``log_std``.
+
+    The same derivative autograd takes (ties of the max and the clip bounds included), in a few
+    tensor operations: with ``z = (a - mean) / std``, ``d lp / d mean = z / std`` and
+    ``d lp / d log_std = z^2 - 1``. Tested against autograd.
+    """
+    inverse_std = torch.exp(-log_std)
+    z = (actions - mean) * inverse_std
+    log_prob = -(0.5 * z.square() + log_std + _LOG_SQRT_2PI).sum(-1)
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    low, high = 1.0 - clip_coef, 1.0 + clip_coef
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(low, high)
+    loss = torch.max(unclipped, clipped).mean()
+    # d max(u, c) / d(u, c): 1 to the larger, 1/2 each on a tie; d clamp / d ratio: 1 inside
+    to_unclipped = (unclipped > clipped).float() + 0.5 * (unclipped == clipped).float()
+    inside = ((ratio >= low) & (ratio <= high)).float()
+    weight = to_unclipped + (1.0 - to_unclipped) * inside
+    grad_log_prob = (-advantages * ratio * weight / len(ratio)).unsqueeze(-1)
+    grad_mean = grad_log_prob * z * inverse_std
+    grad_log_std = (grad_log_prob * (z.square() - 1.0)).sum(0) - entropy_coef
+    entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum()
+    approx_kl = ((ratio - 1.0) - log_ratio).mean()
+    clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    stats = torch.stack([loss, entropy, approx_kl, clip_fraction])
+    return PolicyHead(loss - entropy_coef * entropy, grad_mean, grad_log_std, stats)
+
+
+@torch.no_grad()
+def value_head(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    *,
+    value_coef: float = 1.0,
+    clip_coef: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``value_loss(...)`` and the gradient of ``value_coef * value_loss`` with respect to the
+    values, without autograd (the same derivative, ties included)."""
+    scale = 2.0 * value_coef / len(values)
+    error = values - returns
+    if clip_coef is None:
+        return error.square().mean(), scale * error
+    change = values - old_values
+    moved_error = old_values + change.clamp(-clip_coef, clip_coef) - returns
+    plain, moved = error.square(), moved_error.square()
+    to_plain = (plain > moved).float() + 0.5 * (plain == moved).float()
+    inside = ((change >= -clip_coef) & (change <= clip_coef)).float()
+    grad = scale * (to_plain * error + (1.0 - to_plain) * inside * moved_error)
+    return torch.max(plain, moved).mean(), grad
 
 
 # --------------------------------------------------------------------------- networks
@@ -586,8 +668,8 @@ class PPOAgent:
         """
         settings = self.settings
         size, count = settings.minibatch_size, settings.num_minibatches
-        policy_part = _PartUpdate(self, "policy", lambda index: self._policy_loss(batch, index))
-        value_part = _PartUpdate(self, "value", lambda index: self._value_loss(batch, index))
+        policy_part = _PartUpdate(self, "policy", lambda i: self._policy_backward(batch, i))
+        value_part = _PartUpdate(self, "value", lambda i: self._value_backward(batch, i))
         epochs = 0
         for _epoch in range(settings.update_epochs):
             order = torch.randperm(self.batch_size, generator=self.minibatch_generator)
@@ -634,43 +716,44 @@ class PPOAgent:
             policy_part.step()
             value_part.step()
 
-    def _policy_loss(self, batch: PolicyBatch, index: Tensor) -> tuple[Tensor, Tensor]:
-        """The policy's loss on a minibatch, and its diagnostics [loss, entropy, kl, clipped]."""
+    def _policy_backward(self, batch: PolicyBatch, index: Tensor) -> Tensor:
+        """Gradients of the policy loss on a minibatch into ``.grad``; returns its diagnostics
+        ``[surrogate loss, entropy, approx_kl, clip_fraction]``.
+
+        The loss head's gradient is computed in closed form (:func:`policy_head`) and
+        backpropagated through the mean network by autograd.
+        """
         settings = self.settings
         mean = self.policy(batch.obs[index])
-        log_std = self.policy.log_std
-        log_probs = gaussian_log_prob(mean, log_std, batch.actions[index])
         advantages = batch.advantages[index]
         if settings.advantage_norm == "minibatch":
             advantages = _standardize(advantages)
-        surrogate = clipped_surrogate(
-            log_probs, batch.log_probs[index], advantages, clip_coef=settings.clip_coef
+        head = policy_head(
+            mean.detach(),
+            self.policy.log_std.detach(),
+            batch.actions[index],
+            batch.log_probs[index],
+            advantages,
+            clip_coef=settings.clip_coef,
+            entropy_coef=settings.entropy_coef,
         )
-        entropy = gaussian_entropy(log_std)
-        loss = surrogate.loss
-        if settings.entropy_coef:
-            loss = loss - settings.entropy_coef * entropy
-        stats = torch.stack(
-            [
-                surrogate.loss.detach(),
-                entropy.detach(),
-                surrogate.approx_kl,
-                surrogate.clip_fraction,
-            ]
-        )
-        return loss, stats
+        mean.backward(head.grad_mean)
+        self.policy.log_std.grad = head.grad_log_std
+        return head.stats
 
-    def _value_loss(self, batch: PolicyBatch, index: Tensor) -> tuple[Tensor, Tensor]:
-        """The value network's loss on a minibatch (times value_coef), and [value loss]."""
+    def _value_backward(self, batch: PolicyBatch, index: Tensor) -> Tensor:
+        """Gradients of ``value_coef *`` the value loss into ``.grad``; returns ``[loss]``."""
         settings = self.settings
         values = self.value(batch.obs[index]).squeeze(-1)
-        loss = value_loss(
-            values,
+        loss, grad = value_head(
+            values.detach(),
             batch.values[index],
             batch.returns[index],
+            value_coef=settings.value_coef,
             clip_coef=settings.value_clip_coef if settings.clip_value_loss else None,
         )
-        return settings.value_coef * loss, loss.detach().unsqueeze(0)
+        values.backward(grad)
+        return loss.unsqueeze(0)
 
     # ----------------------------------------------------------------- measures
     def plasticity_networks(self) -> dict[str, nn.Module]:
@@ -753,26 +836,20 @@ class PPOAgent:
 
 
 class _PartUpdate:
-    """The updates of one network: its loss, backward, optimizer step and plasticity methods."""
+    """The updates of one network: its gradients, optimizer step and plasticity methods."""
 
-    def __init__(
-        self,
-        agent: PPOAgent,
-        name: str,
-        loss: Callable[[Tensor], tuple[Tensor, Tensor]],
-    ) -> None:
+    def __init__(self, agent: PPOAgent, name: str, gradients: Callable[[Tensor], Tensor]) -> None:
         self.name = name
         self.optimizer = agent.optimizers[name]
         self.methods = agent.methods
-        self.loss = loss
+        self.gradients = gradients
         self.totals: Tensor | float = 0.0
         self.last = torch.zeros(4)
         self.replaced = 0
 
     def backward(self, index: Tensor) -> None:
-        loss, stats = self.loss(index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        stats = self.gradients(index)
         self.totals = self.totals + stats
         self.last = stats
 

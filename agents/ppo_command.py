@@ -44,7 +44,7 @@ __all__ = ["PRESETS", "build_agent", "load_policy", "main", "parse"]
 ALGORITHM = "ppo"
 PROG = "python -m cbp_rl.train ppo"
 
-_PAPER = PPOConfig(ppo=PPOSettings(truncation_as_termination=True))
+_PAPER = PPOConfig()  # the defaults are the paper's standard PPO
 _NS_ADAM = OptimizerSettings(betas=(0.99, 0.99))
 
 PRESETS: dict[str, PPOConfig] = {

@@ -34,6 +34,8 @@ def test_the_default_is_the_papers_standard_ppo() -> None:
     assert ppo.init_log_std == 0.0 and not ppo.clip_actions
     assert not config.methods.cbp and not config.methods.redo
     assert config.run.env == "Ant-v4" and config.run.total_steps == 100_000_000
+    assert config == PPOConfig() == ppo_command.PRESETS["standard"]
+    assert not PPOSettings().truncation_as_termination  # the library default bootstraps
 
 
 def test_cbp_flag_selects_the_papers_cbp_configuration() -> None:

@@ -12,7 +12,9 @@ from cbp_rl.agents.ppo import (
     compute_gae,
     gaussian_entropy,
     gaussian_log_prob,
+    policy_head,
     ppo_loss,
+    value_head,
     value_loss,
 )
 
@@ -154,3 +156,54 @@ def test_gaussian_log_prob_and_entropy_match_torch_distributions() -> None:
         gaussian_log_prob(mean, log_std, actions), normal.log_prob(actions).sum(-1)
     )
     torch.testing.assert_close(gaussian_entropy(log_std), normal.entropy()[0].sum())
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.01])
+def test_policy_head_gradients_match_autograd(entropy_coef: float) -> None:
+    generator = torch.Generator().manual_seed(1)
+    mean = torch.randn(256, 4, generator=generator, requires_grad=True)
+    log_std = (0.3 * torch.randn(4, generator=generator)).requires_grad_()
+    actions = mean.detach() + torch.randn(256, 4, generator=generator)
+    with torch.no_grad():
+        log_prob = gaussian_log_prob(mean, log_std, actions)
+    # ratios spread inside and outside [0.8, 1.2], some exactly 1 (ties of the max)
+    old_log_prob = log_prob + 0.4 * torch.randn(256, generator=generator)
+    old_log_prob[:16] = log_prob[:16]
+    advantages = torch.randn(256, generator=generator)
+    surrogate = clipped_surrogate(
+        gaussian_log_prob(mean, log_std, actions), old_log_prob, advantages, clip_coef=0.2
+    )
+    total = surrogate.loss - entropy_coef * gaussian_entropy(log_std)
+    total.backward()
+    head = policy_head(
+        mean.detach(),
+        log_std.detach(),
+        actions,
+        old_log_prob,
+        advantages,
+        clip_coef=0.2,
+        entropy_coef=entropy_coef,
+    )
+    assert 0.1 < surrogate.clip_fraction.item() < 0.9
+    torch.testing.assert_close(head.loss, total.detach())
+    torch.testing.assert_close(head.grad_mean, mean.grad)
+    torch.testing.assert_close(head.grad_log_std, log_std.grad)
+    expected = [surrogate.loss, gaussian_entropy(log_std), surrogate.approx_kl]
+    torch.testing.assert_close(head.stats[:3], torch.stack(expected).detach())
+    torch.testing.assert_close(head.stats[3], surrogate.clip_fraction)
+
+
+@pytest.mark.parametrize("clip_coef", [None, 0.2])
+def test_value_head_gradient_matches_autograd(clip_coef: float | None) -> None:
+    generator = torch.Generator().manual_seed(2)
+    values = torch.randn(256, generator=generator, requires_grad=True)
+    old_values = values.detach() + 0.4 * torch.randn(256, generator=generator)
+    old_values[:8] = values.detach()[:8]  # no change: the clipped and plain errors tie
+    returns = torch.randn(256, generator=generator)
+    loss = value_loss(values, old_values, returns, clip_coef=clip_coef)
+    (0.5 * loss).backward()
+    head_loss, grad = value_head(
+        values.detach(), old_values, returns, value_coef=0.5, clip_coef=clip_coef
+    )
+    torch.testing.assert_close(head_loss, loss.detach())
+    torch.testing.assert_close(grad, values.grad)
