@@ -689,6 +689,7 @@ class PPOAgent:
                 break
         updates = epochs * count
         self.updates += updates
+        assert policy_part.totals is not None and value_part.totals is not None
         policy_means = (policy_part.totals / updates).tolist()
         value_mean = float(value_part.totals[0]) / updates
         return {
@@ -843,14 +844,14 @@ class _PartUpdate:
         self.optimizer = agent.optimizers[name]
         self.methods = agent.methods
         self.gradients = gradients
-        self.totals: Tensor | float = 0.0
+        self.totals: Tensor | None = None
         self.last = torch.zeros(4)
         self.replaced = 0
 
     def backward(self, index: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.gradients(index)
-        self.totals = self.totals + stats
+        self.totals = stats if self.totals is None else self.totals + stats
         self.last = stats
 
     def step(self) -> None:
