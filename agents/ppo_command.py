@@ -99,7 +99,7 @@ DESCRIPTION = (
     "exactly."
 )
 
-RESUME_IGNORE = RESUME_IGNORE_RUN
+RESUME_IGNORE = (*RESUME_IGNORE_RUN, "ppo.parallel_update")
 """Config fields that may change on resume (budget, output, how envs run); the rest must match."""
 
 

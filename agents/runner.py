@@ -79,7 +79,6 @@ RESUME_IGNORE_RUN = (
     "run.num_workers",
     "run.device",
     "measure",
-    "ppo.parallel_update",
 )
 """Config fields that may change on resume: budget, output and how envs run, not what is learned
 (the vectorizers give identical results)."""

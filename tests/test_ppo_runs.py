@@ -182,7 +182,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(tmp_path: Path) -
     shutil.copytree(full, killed)
     os.replace(killed / "checkpoint.prev.pt", killed / "checkpoint.pt")
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 512
-    assert train("--resume", str(killed)) == 0
+    # how the envs run and how the update is threaded may change on resume: same numbers
+    assert train("--resume", str(killed), "--vector-mode", "batched", "--no-parallel-update") == 0
     a, b = training_state(full), training_state(killed)
     same(a, b)
     assert a["agent"]["obs_normalizer"] is not None and a["agent"]["reward_scaler"] is not None
