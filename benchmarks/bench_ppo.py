@@ -3,6 +3,7 @@
 Run by hand (one benchmark at a time on a shared machine)::
 
     flock /tmp/cbp_bench.lock python benchmarks/bench_ppo.py [--rounds 3] [--iterations 10]
+    flock /tmp/cbp_bench.lock python benchmarks/bench_ppo.py --vectorizers   # raw envs only
 
 Measures, in alternating rounds in one process so machine noise hits all alike:
 
@@ -87,6 +88,30 @@ def single_env_rate(env_id: str, steps: int) -> float:
     return taken / seconds
 
 
+def compare_vectorizers(env_id: str, num_envs: int, rounds: int, steps: int) -> None:
+    """Raw steps/s of each vectorizer with random actions, in alternating rounds."""
+    setups = [
+        ("sync, 1 env", 1, "sync", 0),
+        (f"sync, {num_envs} envs", num_envs, "sync", 0),
+        (f"async, {num_envs} envs (a process each)", num_envs, "async", 0),
+        (f"batched, {num_envs} envs, 2 workers", num_envs, "batched", 2),
+    ]
+    action_dim = describe_env(env_id).action_dim
+    envs = {name: make_vector_env(env_id, n, mode=m, num_workers=w) for name, n, m, w in setups}
+    rates: dict[str, list[float]] = {name: [] for name in envs}
+    try:
+        for round_ in range(rounds):
+            for name, vector_env in envs.items():
+                taken, seconds = raw_round(vector_env, steps, action_dim, seed=round_)
+                rates[name].append(taken / seconds)
+    finally:
+        for vector_env in envs.values():
+            vector_env.close()
+    print(f"{env_id}, random actions, median steps/s over {rounds} rounds of {steps} steps:")
+    for name, values in rates.items():
+        print(f"  {name:<40}: {statistics.median(values):7.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="Ant-v4")
@@ -96,9 +121,15 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10, help="PPO iterations per round")
+    parser.add_argument(
+        "--vectorizers", action="store_true", help="only compare the raw vectorizers"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(args.torch_threads)
+    if args.vectorizers:
+        compare_vectorizers(args.env, args.num_envs, args.rounds, 8192)
+        return
 
     base = PRESETS["cbp"]
     run = dataclasses.replace(
