@@ -114,6 +114,8 @@ class RunSettings:
     """Where new run directories are made when --run-dir is not given."""
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint, exactly."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: Steps = 1_000_000
     """Write a checkpoint each time this many more steps are done (0: only on exit)."""
     progress: bool = True

@@ -75,6 +75,7 @@ RESUME_IGNORE_RUN = (
     "run.run_dir",
     "run.runs_root",
     "run.resume",
+    "run.resume_fallback",
     "run.vector_mode",
     "run.num_workers",
     "run.device",
@@ -220,6 +221,8 @@ class PreparedRun:
     run_dir: Path
     checkpoint: dict[str, Any] | None
     """The state to resume from, ``None`` for a fresh run."""
+    manager: CheckpointManager
+    """The run directory's checkpoints (it remembers a latest checkpoint found unreadable)."""
 
     def execute(self) -> int:
         """Run to ``total_steps`` or a stop signal; returns 0, or 128 + the signal number."""
@@ -254,7 +257,8 @@ def prepare_run(
         run_dir = Path(run.resume)
         if not run_dir.is_dir():
             raise ValueError(f"--resume {run_dir}: no such run directory")
-        checkpoint = CheckpointManager(run_dir).load_latest(required=True)
+        manager = CheckpointManager(run_dir, every=run.checkpoint_every)
+        checkpoint = manager.load_latest(required=True, fallback=run.resume_fallback)
         assert checkpoint is not None
         saved_algorithm = checkpoint.get("algorithm")
         if saved_algorithm != algorithm:
@@ -276,7 +280,10 @@ def prepare_run(
             )
     else:
         run_dir = _fresh_run_dir(algorithm, run)
-    return PreparedRun(algorithm, config, build_agent, description, device, run_dir, checkpoint)
+        manager = CheckpointManager(run_dir, every=run.checkpoint_every)
+    return PreparedRun(
+        algorithm, config, build_agent, description, device, run_dir, checkpoint, manager
+    )
 
 
 def _fresh_run_dir(algorithm: str, run: Any) -> Path:
@@ -349,7 +356,7 @@ class _Execution:
         self.monitor = PlasticityMonitor(
             agent.plasticity_networks(), dormant_tau=self.measure.dormant_tau
         )
-        manager = CheckpointManager(self.run_dir, every=run.checkpoint_every)
+        manager = prepared.manager
         state = prepared.checkpoint
         if state is None:
             observations, _ = envs.reset(seed=derive_seed(run.seed, "env"))

@@ -204,7 +204,7 @@ def test_parallel_and_sequential_updates_give_the_same_numbers(tmp_path: Path) -
 # --------------------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_run_writes_a_checkpoint_and_the_run_resumes(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -326,3 +326,16 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(
     (run / "checkpoint.pt").write_bytes(bytes(data))
     assert train("--resume", str(run), "--total-steps", "1024") == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_asked(tmp_path: Path) -> None:
+    flags = [*SMALL, "--vector-mode", "sync", "--plasticity-every", "0", "--total-steps", "1024"]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    assert train(*flags, "--checkpoint-every", "512", "--run-dir", str(full)) == 0
+    shutil.copytree(full, broken)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert train("--resume", str(broken), "--total-steps", "1536") == 2
+    with pytest.warns(UserWarning, match="resuming from the previous checkpoint"):
+        code = train("--resume", str(broken), "--resume-fallback", "--total-steps", "1024")
+    assert code == 0  # resumed at 512 from checkpoint.prev.pt and reached 1024 again
+    same(training_state(full), training_state(broken))
