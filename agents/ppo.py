@@ -668,22 +668,27 @@ class PPOAgent:
         """
         settings = self.settings
         size, count = settings.minibatch_size, settings.num_minibatches
-        policy_part = _PartUpdate(self, "policy", lambda i: self._policy_backward(batch, i))
-        value_part = _PartUpdate(self, "value", lambda i: self._value_backward(batch, i))
+        policy_part = _PartUpdate(self, "policy", self._policy_backward)
+        value_part = _PartUpdate(self, "value", self._value_backward)
         epochs = 0
         for _epoch in range(settings.update_epochs):
             order = torch.randperm(self.batch_size, generator=self.minibatch_generator)
-            indices = list(order.to(self.device).split(size))
-            assert len(indices) == count
+            order = order.to(self.device)
+            # one gather per epoch; the minibatches are slices of it (views)
+            shuffled = [tensor[order] for tensor in batch]
+            minibatches = [
+                PolicyBatch(*(tensor[k * size : (k + 1) * size] for tensor in shuffled))
+                for k in range(count)
+            ]
             if settings.max_grad_norm:
-                self._lockstep_epoch(policy_part, value_part, indices)
+                self._lockstep_epoch(policy_part, value_part, minibatches)
             elif self._pool is not None:
-                pending = self._pool.submit(value_part.epoch, indices)
-                policy_part.epoch(indices)
+                pending = self._pool.submit(value_part.epoch, minibatches)
+                policy_part.epoch(minibatches)
                 pending.result()
             else:
-                policy_part.epoch(indices)
-                value_part.epoch(indices)
+                policy_part.epoch(minibatches)
+                value_part.epoch(minibatches)
             epochs += 1
             if settings.target_kl and float(policy_part.last[2]) > settings.target_kl:
                 break
@@ -705,19 +710,19 @@ class PPOAgent:
         }
 
     def _lockstep_epoch(
-        self, policy_part: _PartUpdate, value_part: _PartUpdate, indices: list[Tensor]
+        self, policy_part: _PartUpdate, value_part: _PartUpdate, minibatches: list[PolicyBatch]
     ) -> None:
         params = [
             p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]
         ]
-        for index in indices:
-            policy_part.backward(index)
-            value_part.backward(index)
+        for minibatch in minibatches:
+            policy_part.backward(minibatch)
+            value_part.backward(minibatch)
             nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
             policy_part.step()
             value_part.step()
 
-    def _policy_backward(self, batch: PolicyBatch, index: Tensor) -> Tensor:
+    def _policy_backward(self, minibatch: PolicyBatch) -> Tensor:
         """Gradients of the policy loss on a minibatch into ``.grad``; returns its diagnostics
         ``[surrogate loss, entropy, approx_kl, clip_fraction]``.
 
@@ -725,15 +730,15 @@ class PPOAgent:
         backpropagated through the mean network by autograd.
         """
         settings = self.settings
-        mean = self.policy(batch.obs[index])
-        advantages = batch.advantages[index]
+        mean = self.policy(minibatch.obs)
+        advantages = minibatch.advantages
         if settings.advantage_norm == "minibatch":
             advantages = _standardize(advantages)
         head = policy_head(
             mean.detach(),
             self.policy.log_std.detach(),
-            batch.actions[index],
-            batch.log_probs[index],
+            minibatch.actions,
+            minibatch.log_probs,
             advantages,
             clip_coef=settings.clip_coef,
             entropy_coef=settings.entropy_coef,
@@ -742,14 +747,14 @@ class PPOAgent:
         self.policy.log_std.grad = head.grad_log_std
         return head.stats
 
-    def _value_backward(self, batch: PolicyBatch, index: Tensor) -> Tensor:
+    def _value_backward(self, minibatch: PolicyBatch) -> Tensor:
         """Gradients of ``value_coef *`` the value loss into ``.grad``; returns ``[loss]``."""
         settings = self.settings
-        values = self.value(batch.obs[index]).squeeze(-1)
+        values = self.value(minibatch.obs).squeeze(-1)
         loss, grad = value_head(
             values.detach(),
-            batch.values[index],
-            batch.returns[index],
+            minibatch.values,
+            minibatch.returns,
             value_coef=settings.value_coef,
             clip_coef=settings.value_clip_coef if settings.clip_value_loss else None,
         )
@@ -839,7 +844,9 @@ class PPOAgent:
 class _PartUpdate:
     """The updates of one network: its gradients, optimizer step and plasticity methods."""
 
-    def __init__(self, agent: PPOAgent, name: str, gradients: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self, agent: PPOAgent, name: str, gradients: Callable[[PolicyBatch], Tensor]
+    ) -> None:
         self.name = name
         self.optimizer = agent.optimizers[name]
         self.methods = agent.methods
@@ -848,9 +855,9 @@ class _PartUpdate:
         self.last = torch.zeros(4)
         self.replaced = 0
 
-    def backward(self, index: Tensor) -> None:
+    def backward(self, minibatch: PolicyBatch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.gradients(index)
+        stats = self.gradients(minibatch)
         self.totals = stats if self.totals is None else self.totals + stats
         self.last = stats
 
@@ -858,9 +865,9 @@ class _PartUpdate:
         self.optimizer.step()
         self.replaced += self.methods.after_update(self.name)
 
-    def epoch(self, indices: list[Tensor]) -> None:
-        for index in indices:
-            self.backward(index)
+    def epoch(self, minibatches: list[PolicyBatch]) -> None:
+        for minibatch in minibatches:
+            self.backward(minibatch)
             self.step()
 
 
