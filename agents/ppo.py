@@ -9,7 +9,9 @@ that update's forward pass (:class:`~cbp_rl.agents.methods.PlasticityMethods`).
 One iteration (:meth:`PPOAgent.iterate`) is a rollout of ``batch_size`` steps over the
 sub-environments followed by ``update_epochs`` passes of ``num_minibatches`` minibatch updates.
 The pure pieces, :func:`compute_gae`, :func:`gaussian_log_prob` and :func:`ppo_loss`, are tested
-against hand computations.
+against hand computations. The update takes the loss head's gradient in closed form
+(:func:`policy_head`, :func:`value_head`, tested against autograd) and backpropagates it through
+the networks with autograd; the policy and the value network update in parallel threads.
 """
 
 from __future__ import annotations
@@ -54,10 +56,17 @@ __all__ = [
     "PPOConfig",
     "PPOLoss",
     "PPOSettings",
+    "PolicyBatch",
+    "PolicyHead",
+    "Surrogate",
+    "clipped_surrogate",
     "compute_gae",
     "gaussian_entropy",
     "gaussian_log_prob",
+    "policy_head",
     "ppo_loss",
+    "value_head",
+    "value_loss",
 ]
 
 PresetName = Literal["standard", "ns", "l2", "redo", "cbp", "cleanrl"]

@@ -676,6 +676,8 @@ class BatchedVectorEnv(VectorEnv):
         seed: int | Sequence[int | None] | None = None,
         options: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        if options and "reset_mask" in options:
+            raise NotImplementedError("BatchedVectorEnv resets all sub-envs; no reset_mask")
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, int):
