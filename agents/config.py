@@ -107,7 +107,7 @@ class RunSettings:
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
     torch_threads: int = 1
-    """Torch intra-op threads (0 = one per core); >1 only pays on otherwise idle cores."""
+    """Torch intra-op threads (0 = one per core); 1 is fastest with the two update threads."""
     run_dir: Path | None = None
     """Directory of this run; default: RUNS_ROOT/<algorithm>-<env>-s<seed>-<date>-<time>."""
     runs_root: Path = Path("runs")
