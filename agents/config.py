@@ -1,0 +1,313 @@
+"""Settings shared by the RL commands (PPO, SAC): run, network, optimizer, methods, measures.
+
+Each group is a frozen dataclass with a docstring per field, parsed by tyro into flat flags
+(``--env``, ``--lr``, ``--cbp``, ...; see :mod:`cbp_rl.agents.cli`). Values are validated on
+construction, so a bad value raises ``ValueError`` before anything runs. Step counts accept
+scientific notation on the command line (``--total-steps 1e8``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import tyro
+
+from cbp_rl.cbp import UTILITY_NAMES
+from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
+from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
+
+__all__ = [
+    "MeasureSettings",
+    "MethodSettings",
+    "NetworkSettings",
+    "OptimizerSettings",
+    "RunSettings",
+    "Steps",
+    "config_from_dict",
+    "parse_steps",
+]
+
+
+def parse_steps(text: str) -> int:
+    """An integer step count from ``"2048"``, ``"1_000_000"`` or ``"1e8"``."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"expected a step count such as 2048 or 1e8, got {text!r}") from None
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"a step count must be a whole number, got {text!r}")
+    return int(value)
+
+
+Steps = Annotated[
+    int,
+    tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="INT",
+        instance_from_str=lambda args: parse_steps(args[0]),
+        is_instance=lambda value: isinstance(value, int) and not isinstance(value, bool),
+        str_from_instance=lambda value: [str(value)],
+    ),
+]
+"""An int flag that also accepts ``1e8`` and ``1_000_000``."""
+
+InitName = Literal["lecun", "kaiming", "xavier", "default", "orthogonal"]
+OptimizerName = Literal["adam", "adamw", "sgd", "resettable_adam"]
+UtilityName = Literal[
+    "contribution",
+    "adaptable_contribution",
+    "zero_contribution",
+    "weight",
+    "adaptation",
+    "feature_by_input",
+    "random",
+]
+CBPInit = Literal["auto", "lecun", "kaiming", "xavier", "default"]
+OptimizerReset = Literal["auto", "always", "never"]
+
+assert set(get_args(UtilityName)) == set(UTILITY_NAMES)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Environment, budget, seed, devices and output of a run."""
+
+    env: str = "Ant-v4"
+    """Gymnasium id of a continuous-action env, e.g. Ant-v4, Hopper-v5, SlipperyAnt-v4."""
+    env_kwargs: str = "{}"
+    """Extra gym.make keyword arguments as a JSON object, e.g. '{"use_contact_forces": true}'."""
+    total_steps: Steps = 100_000_000
+    """Environment steps of the whole run (all sub-envs together). May be raised on resume."""
+    seed: int = 1
+    """Seed of the run: network init, env resets, action noise, minibatch order, CBP draws."""
+    num_envs: int = 8
+    """Sub-environments stepping in lockstep (the paper used 1; the batch size is what matters)."""
+    vector_mode: VectorMode = "auto"
+    """sync (in process), async (a process per env), batched (envs per worker), auto."""
+    num_workers: int = 0
+    """Worker processes of the batched vectorizer; 0 = one per CPU core (at most num_envs)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
+    torch_threads: int = 1
+    """Torch intra-op threads (0 = one per core); 1 is fastest with the two update threads."""
+    run_dir: Path | None = None
+    """Directory of this run; default: RUNS_ROOT/<algorithm>-<env>-s<seed>-<date>-<time>."""
+    runs_root: Path = Path("runs")
+    """Where new run directories are made when --run-dir is not given."""
+    resume: Path | None = None
+    """Continue the run in this directory from its checkpoint, exactly."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
+    checkpoint_every: Steps = 1_000_000
+    """Write a checkpoint each time this many more steps are done (0: only on exit)."""
+    progress: bool = True
+    """Show a progress bar (on a terminal) or print a status line every minute (otherwise)."""
+
+    def __post_init__(self) -> None:
+        if not self.env:
+            raise ValueError("env must name a Gymnasium environment id, e.g. Ant-v4")
+        self.gym_kwargs()  # validates the JSON
+        _positive("total_steps", self.total_steps)
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        _positive("num_envs", self.num_envs)
+        if self.vector_mode not in VECTOR_MODES:
+            raise ValueError(f"vector_mode must be one of {', '.join(VECTOR_MODES)}")
+        _non_negative("num_workers", self.num_workers)
+        _non_negative("torch_threads", self.torch_threads)
+        _non_negative("checkpoint_every", self.checkpoint_every)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"unknown device {self.device!r}; use cpu, cuda, cuda:N or auto")
+
+    def gym_kwargs(self) -> dict[str, Any]:
+        """``env_kwargs`` parsed: the extra keyword arguments of ``gym.make``."""
+        try:
+            kwargs = json.loads(self.env_kwargs)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"env_kwargs is not valid JSON ({err}): {self.env_kwargs!r}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"env_kwargs must be a JSON object, got {self.env_kwargs!r}")
+        return kwargs
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Policy and value (or actor and critic) MLPs."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of each MLP."""
+    activation: ActivationName = "relu"
+    """Hidden activation."""
+    init: InitName = "lecun"
+    """Weight init: lecun (the paper's), kaiming, xavier, default, orthogonal (CleanRL)."""
+
+    def __post_init__(self) -> None:
+        if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_NAMES)}")
+        if self.init not in get_args(InitName):
+            raise ValueError(f"init must be one of {', '.join(get_args(InitName))}")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer."""
+
+    optimizer: OptimizerName = "adam"
+    """adam and sgd (coupled L2), adamw (decoupled), resettable_adam (per-weight steps)."""
+    lr: float = 1e-4
+    """Learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas; (0.99, 0.99) is the paper's non-stationary Adam."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.0
+    """Weight decay: coupled L2 for adam, sgd and resettable_adam; decoupled for adamw."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0 over --total-steps (CleanRL)."""
+    fused: bool = True
+    """Use torch's fused Adam/AdamW kernel (same algorithm, fewer kernel launches)."""
+
+    def __post_init__(self) -> None:
+        _positive("lr", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        _non_negative("eps", self.eps)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("momentum", self.momentum)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Methods against loss of plasticity: continual backprop, ReDo, shrink and perturb
+    (L2 is --weight-decay)."""
+
+    cbp: bool = False
+    """Continual backprop on both networks after every update, on its forward pass."""
+    replacement_rate: float = 1e-4
+    """CBP: fraction of eligible units replaced per step (rr)."""
+    maturity_threshold: int = 10_000
+    """CBP: units older than this many updates are eligible (mt)."""
+    decay_rate: float = 0.99
+    """CBP: decay of the running utility and mean activation (eta)."""
+    utility: UtilityName = "contribution"
+    """CBP: utility measure."""
+    cbp_init: CBPInit = "auto"
+    """CBP/ReDo new-weight init; auto = the network's (kaiming for orthogonal)."""
+    accumulate: bool = False
+    """CBP: accumulate fractional replacements instead of replacing with probability."""
+    magnitude_every: int = 1
+    """CBP: updates between recomputations of the weight magnitudes in the utility (1 = exact)."""
+    reset_optimizer_state: OptimizerReset = "auto"
+    """Zero the optimizer state of replaced units: auto (resettable_adam only)."""
+    redo: bool = False
+    """ReDo: reinitialize dormant units every --redo-period updates."""
+    redo_threshold: float = 0.1
+    """ReDo: dormancy threshold tau."""
+    redo_period: int = 100
+    """ReDo: updates between reinitializations."""
+    perturb_std: float = 0.0
+    """Shrink and perturb: noise std added to every weight after each update (0 = off)."""
+    shrink: float = 1.0
+    """Shrink and perturb: factor applied to the weights after each update (1 = none)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replacement_rate <= 1.0:
+            raise ValueError(f"replacement_rate must be in [0, 1], got {self.replacement_rate}")
+        _non_negative("maturity_threshold", self.maturity_threshold)
+        if not 0.0 <= self.decay_rate < 1.0:
+            raise ValueError(f"decay_rate must be in [0, 1), got {self.decay_rate}")
+        if self.magnitude_every < 1:
+            raise ValueError(f"magnitude_every must be >= 1, got {self.magnitude_every}")
+        _non_negative("redo_threshold", self.redo_threshold)
+        _positive("redo_period", self.redo_period)
+        _non_negative("perturb_std", self.perturb_std)
+        if not 0.0 < self.shrink <= 1.0:
+            raise ValueError(f"shrink must be in (0, 1], got {self.shrink}")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Plasticity measurements, on a probe batch of the latest experience."""
+
+    plasticity_every: Steps = 20_480
+    """Measure every this many environment steps (0 = never)."""
+    probe_size: int = 2048
+    """Examples in the probe batch (at most the experience available)."""
+    dormant_tau: float = 0.1
+    """Threshold of the dormant-unit ratio: mean|h_j| / mean_k mean|h_k| <= tau."""
+
+    def __post_init__(self) -> None:
+        _non_negative("plasticity_every", self.plasticity_every)
+        _positive("probe_size", self.probe_size)
+        _non_negative("dormant_tau", self.dormant_tau)
+
+
+# --------------------------------------------------------------------------- from JSON
+
+
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
+    """Rebuild a (nested) config dataclass from its ``to_jsonable`` form (e.g. config.json).
+
+    Lists become tuples where the field is a tuple, strings become paths where it is a path.
+    Raises ``ValueError`` naming unknown or missing fields (a config of another version).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where} has unknown field(s) {unknown}: it was written by another version of "
+            "cbp_rl; start a new run"
+        )
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _convert(get_args(hint)[0], value, where)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object, got {value!r}")
+        return config_from_dict(hint, value, where=where)
+    if value is None:
+        return None
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is Path:
+        return Path(value)
+    if origin is typing.Union or origin is types.UnionType:
+        members = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(members) == 1:
+            return _convert(members[0], value, where)
+    return value

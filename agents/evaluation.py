@@ -1,0 +1,119 @@
+"""Evaluation of a saved policy: deterministic actions, seeded episodes, the mean return.
+
+Works for every algorithm whose command module ``cbp_rl.agents.<algorithm>_command`` provides
+``load_policy(config, agent_state, description, device) -> act``, where ``act`` maps a batch of
+raw observations ``[N, obs_dim]`` to deterministic actions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cbp_rl.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from cbp_rl.envs.vector import describe_env, make_sub_env, sub_env_kwargs
+from cbp_rl.runtime import resolve_device
+
+__all__ = ["EvaluationResult", "evaluate_run"]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Returns and lengths of the evaluation episodes, in order."""
+
+    returns: tuple[float, ...]
+    lengths: tuple[int, ...]
+    step: int
+    """The training step of the evaluated checkpoint."""
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+    def summary(self) -> str:
+        """One line: mean return, spread, mean length."""
+        returns = np.asarray(self.returns)
+        return (
+            f"mean return {returns.mean():.6f} over {len(returns)} episodes (std "
+            f"{returns.std():.6f}, min {returns.min():.6f}, max {returns.max():.6f}, mean length "
+            f"{np.mean(self.lengths):.1f}; checkpoint at step {self.step})"
+        )
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    episodes: int,
+    seed: int,
+    device: str = "cpu",
+    checkpoint: Path | None = None,
+) -> EvaluationResult:
+    """Run ``episodes`` episodes of the saved deterministic policy of ``run_dir``.
+
+    One environment, reset with ``seed`` before the first episode (the later resets continue its
+    random generator), so the same checkpoint and seed give the same returns. An env with a
+    schedule starts from the schedule state of the checkpoint's first sub-env. Raises
+    ``CheckpointError`` for a missing or unusable checkpoint and ``ValueError`` for bad input.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    state = _load(Path(run_dir), checkpoint)
+    algorithm = state.get("algorithm")
+    try:
+        module = importlib.import_module(f"cbp_rl.agents.{algorithm}_command")
+    except ImportError as err:
+        raise CheckpointError(
+            f"was written by algorithm {algorithm!r}, which this installation cannot evaluate",
+            run_dir,
+        ) from err
+    config = state["config"]
+    env_id = config["run"]["env"]
+    kwargs = {**json.loads(config["run"].get("env_kwargs", "{}")), **sub_env_kwargs(env_id, 1)}
+    description = describe_env(env_id, kwargs)
+    act = module.load_policy(config, state["agent"], description, resolve_device(device))
+    env = make_sub_env(env_id, kwargs)
+    try:
+        schedules = state.get("env", {}).get("schedule_states")
+        if description.has_schedule and schedules:
+            env.set_wrapper_attr("schedule_state", schedules[0])
+        returns, lengths = _episodes(env, act, episodes, seed)
+    finally:
+        env.close()
+    return EvaluationResult(tuple(returns), tuple(lengths), int(state["step"]))
+
+
+def _load(run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is not a run directory")
+    state = CheckpointManager(run_dir).load_latest(required=True)
+    assert state is not None
+    return state
+
+
+def _episodes(env: Any, act: Any, episodes: int, seed: int) -> tuple[list[float], list[int]]:
+    returns, lengths = [], []
+    observation, _ = env.reset(seed=seed)
+    for episode in range(episodes):
+        if episode:
+            observation, _ = env.reset()
+        total, length, done = 0.0, 0, False
+        while not done:
+            with torch.inference_mode():
+                action = act(np.asarray(observation)[None])[0]
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            length += 1
+            done = bool(terminated or truncated)
+        returns.append(total)
+        lengths.append(length)
+    return returns, lengths

@@ -1,0 +1,134 @@
+"""The plasticity methods of a run, on each of its named networks, through the shared code.
+
+:class:`PlasticityMethods` puts :class:`cbp_rl.ContinualBackprop`, :class:`cbp_rl.methods.ReDo`
+and :class:`cbp_rl.methods.ShrinkAndPerturb` on networks such as ``{"policy": ..., "value":
+...}`` as :class:`~cbp_rl.agents.config.MethodSettings` ask, and steps them after every optimizer
+step (shrink and perturb first, then CBP and ReDo, as the reference PPO). CBP and ReDo read the
+activations of the latest forward pass through each network, so call :meth:`after_update` right
+after the update whose forward pass should count. All their state (utilities, ages, counters,
+random generators) is in ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from cbp_rl.agents.config import MethodSettings
+from cbp_rl.cbp import ContinualBackprop
+from cbp_rl.methods import ReDo, ShrinkAndPerturb
+
+__all__ = ["PlasticityMethods"]
+
+
+class PlasticityMethods(nn.Module):
+    """CBP, ReDo and shrink-and-perturb on named networks.
+
+    Args:
+        networks: the networks by name (each an MLP whose hidden layers can be discovered).
+        optimizers: the optimizer stepping each network, by the same names (for optimizer-state
+            resets of replaced units).
+        settings: which methods, with which hyperparameters.
+        init: distribution of new incoming weights (see
+            :func:`cbp_rl.agents.networks.replacement_init`).
+        seed: base seed of the methods' own random generators.
+    """
+
+    def __init__(
+        self,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        settings: MethodSettings,
+        *,
+        init: str,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        reset = {"auto": None, "always": True, "never": False}[settings.reset_optimizer_state]
+        self.cbp: dict[str, ContinualBackprop] = {}
+        self.redo: dict[str, ReDo] = {}
+        self.perturb: dict[str, ShrinkAndPerturb] = {}
+        for index, (name, net) in enumerate(networks.items()):
+            opt = optimizers[name]
+            if settings.cbp:
+                self.cbp[name] = ContinualBackprop(
+                    net,
+                    opt,
+                    replacement_rate=settings.replacement_rate,
+                    maturity_threshold=settings.maturity_threshold,
+                    decay_rate=settings.decay_rate,
+                    utility=settings.utility,
+                    init=init,
+                    accumulate=settings.accumulate,
+                    magnitude_every=settings.magnitude_every,
+                    reset_optimizer_state=reset,
+                    seed=seed + 3 * index,
+                )
+            if settings.redo:
+                self.redo[name] = ReDo(
+                    net,
+                    opt,
+                    threshold=settings.redo_threshold,
+                    period=settings.redo_period,
+                    init=init,
+                    reset_optimizer_state=bool(reset),
+                    seed=seed + 3 * index + 1,
+                )
+            if settings.perturb_std > 0 or settings.shrink < 1:
+                self.perturb[name] = ShrinkAndPerturb(
+                    net,
+                    noise_std=settings.perturb_std,
+                    shrink=settings.shrink,
+                    seed=seed + 3 * index + 2,
+                )
+        self.names = tuple(networks)
+        # registered as children, so state_dict() holds their state
+        self.cbp_modules = nn.ModuleDict(self.cbp)
+        self.redo_modules = nn.ModuleDict(self.redo)
+        self.perturb_modules = nn.ModuleDict(self.perturb)
+
+    @property
+    def active(self) -> bool:
+        """Whether any method is on."""
+        return bool(len(self.cbp) or len(self.redo) or len(self.perturb))
+
+    def after_update(self, name: str | None = None) -> int:
+        """Step the methods of network ``name`` (of every network if ``None``) once, after its
+        ``optimizer.step()``; returns the units replaced."""
+        replaced = 0
+        for net in self.names if name is None else (name,):
+            if net in self.perturb:
+                self.perturb[net].step()
+            if net in self.cbp:
+                replaced += self.cbp[net].step()
+            if net in self.redo:
+                replaced += self.redo[net].step()
+        return replaced
+
+    def replacement_counts(self) -> dict[str, list[int]]:
+        """Units replaced so far by CBP and ReDo in each hidden layer of each network."""
+        counts: dict[str, list[int]] = {}
+        for name in self.names:
+            per_layer: list[int] | None = None
+            if name in self.cbp:
+                per_layer = list(self.cbp[name].replacement_counts())
+            if name in self.redo:
+                redo_counts = [int(c) for c in self.redo[name].reinitialized.tolist()]
+                per_layer = (
+                    redo_counts
+                    if per_layer is None
+                    else [a + b for a, b in zip(per_layer, redo_counts, strict=True)]
+                )
+            if per_layer is not None:
+                counts[name] = per_layer
+        return counts
+
+    def remove(self) -> None:
+        """Detach the CBP and ReDo hooks from the networks."""
+        for cbp in self.cbp.values():
+            cbp.remove()
+        for redo in self.redo.values():
+            redo.remove()

@@ -1,0 +1,85 @@
+"""MLPs (the paper's initializations and CleanRL's orthogonal one) and optimizers for the agents."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from cbp_rl.agents.config import NetworkSettings, OptimizerSettings
+from cbp_rl.nets import mlp
+from cbp_rl.optim import make_optimizer
+
+__all__ = ["build_mlp", "build_optimizer", "replacement_init"]
+
+
+def build_mlp(
+    in_dim: int, out_dim: int, settings: NetworkSettings, *, output_gain: float = 1.0
+) -> nn.Sequential:
+    """``Linear -> activation -> ... -> Linear`` as ``settings`` describe.
+
+    ``lecun`` / ``kaiming`` / ``xavier`` / ``default`` are :func:`cbp_rl.nets.mlp`'s uniform
+    inits (lecun: every layer, the output layer included, ``U(+-sqrt(3/fan_in))``, zero bias).
+    ``orthogonal`` is CleanRL's: orthogonal weights with gain ``sqrt(2)`` in hidden layers and
+    ``output_gain`` in the output layer, zero biases. ``output_gain`` is ignored by lecun.
+    """
+    if settings.init != "orthogonal":
+        return mlp(
+            in_dim,
+            settings.hidden_sizes,
+            out_dim,
+            activation=settings.activation,
+            init=settings.init,
+            output_gain=output_gain,
+        )
+    net = mlp(in_dim, settings.hidden_sizes, out_dim, activation=settings.activation)
+    linears = [module for module in net if isinstance(module, nn.Linear)]
+    with torch.no_grad():
+        for index, linear in enumerate(linears):
+            gain = output_gain if index == len(linears) - 1 else math.sqrt(2.0)
+            nn.init.orthogonal_(linear.weight, gain)
+            linear.bias.zero_()
+    return net
+
+
+def replacement_init(settings: NetworkSettings, cbp_init: str) -> str:
+    """The distribution CBP and ReDo draw new incoming weights from.
+
+    ``auto`` follows the network's init; orthogonal networks get ``kaiming`` (uniform with the
+    activation's gain), since a replaced unit needs a distribution, not a matrix.
+    """
+    if cbp_init != "auto":
+        return cbp_init
+    return "kaiming" if settings.init == "orthogonal" else settings.init
+
+
+def build_optimizer(settings: OptimizerSettings, params: list[nn.Parameter]) -> Optimizer:
+    """The optimizer ``settings`` describe, over ``params``.
+
+    Adam and AdamW use torch's fused kernel when ``settings.fused`` (and torch supports it);
+    the rest comes from :func:`cbp_rl.optim.make_optimizer` (coupled L2 except AdamW).
+    """
+    if settings.fused and settings.optimizer in ("adam", "adamw"):
+        kind = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+        try:
+            return kind(
+                params,
+                lr=settings.lr,
+                betas=settings.betas,
+                eps=settings.eps,
+                weight_decay=settings.weight_decay,
+                fused=True,
+            )
+        except (RuntimeError, TypeError):  # a torch without fused kernels for this device
+            pass
+    return make_optimizer(
+        settings.optimizer,
+        params,
+        lr=settings.lr,
+        betas=settings.betas,
+        eps=settings.eps,
+        weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
+    )

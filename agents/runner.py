@@ -1,0 +1,509 @@
+"""The training machinery every RL command shares: a run from start (or resume) to exit.
+
+A command (PPO, SAC) supplies its config and an :class:`Agent`; :func:`prepare_run` validates
+everything before anything runs (device, environment id, run directory, checkpoint and config on
+resume) and :meth:`PreparedRun.execute` runs it::
+
+    run = prepare_run("ppo", config, build_agent, resume_ignore=RESUME_IGNORE)
+    exit_code = run.execute()
+
+``execute`` builds the vectorized envs (:func:`cbp_rl.envs.vector.make_vector_env`) and the agent,
+restores the checkpoint when resuming, then calls ``agent.iterate()`` until ``total_steps``,
+logging after each iteration: the agent's scalars, finished episodes (TensorBoard and
+``episodes.csv``), the env protocol's ``env/<key>`` values, steps per second, and every
+``plasticity_every`` steps the plasticity measures of each named network on a probe batch.
+It writes a checkpoint every ``checkpoint_every`` steps and on exit, including after SIGINT or
+SIGTERM (:class:`~cbp_rl.runtime.GracefulStop`), holding the agent, the environments (exact
+MuJoCo snapshots, schedules, episode statistics), every RNG and the logging position, so a
+resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cbp_rl.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_compatible,
+    restore_rng_state,
+    to_jsonable,
+)
+from cbp_rl.envs.vector import (
+    EnvDescription,
+    capture_vector_state,
+    check_env_id,
+    describe_env,
+    make_vector_env,
+    restore_vector_state,
+    sub_env_kwargs,
+)
+from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger
+from cbp_rl.metrics import PlasticityProbe
+from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "Episode",
+    "Iteration",
+    "PlasticityMonitor",
+    "PreparedRun",
+    "derive_seed",
+    "episodes_from_infos",
+    "prepare_run",
+]
+
+RESUME_IGNORE_RUN = (
+    "run.total_steps",
+    "run.checkpoint_every",
+    "run.progress",
+    "run.run_dir",
+    "run.runs_root",
+    "run.resume",
+    "run.resume_fallback",
+    "run.vector_mode",
+    "run.num_workers",
+    "run.device",
+    "measure",
+)
+"""Config fields that may change on resume: budget, output and how envs run, not what is learned
+(the vectorizers give identical results)."""
+
+
+class Episode(NamedTuple):
+    """One finished episode."""
+
+    step: int
+    """Global environment step at which it ended."""
+    return_: float
+    length: int
+    env_index: int
+
+
+@dataclass
+class Iteration:
+    """What one ``agent.iterate()`` did."""
+
+    steps: int
+    """Environment steps taken (all sub-envs together)."""
+    scalars: dict[str, float] = field(default_factory=dict)
+    """Full TensorBoard tags (``train/...``, ``charts/...``) to values."""
+    episodes: list[Episode] = field(default_factory=list)
+    env_info: dict[str, float] = field(default_factory=dict)
+    """Means over sub-envs of the env's ``logged_info_keys`` (logged as ``env/<key>``)."""
+    update_seconds: float = 0.0
+    """Time spent learning (the rest of the iteration is acting and env stepping)."""
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What an agent is built from."""
+
+    config: Any
+    envs: Any
+    """The vector env (``RecordEpisodeStatistics`` over a Gymnasium vector env)."""
+    description: EnvDescription
+    device: torch.device
+    seed: int
+
+
+class Agent(Protocol):
+    """The interface between the shared run loop and an algorithm."""
+
+    global_step: int
+
+    def start(self, observations: np.ndarray) -> None:
+        """Begin new episodes in every sub-env from these first observations."""
+
+    def iterate(self) -> Iteration:
+        """Act and learn for one iteration (PPO: one rollout and its update)."""
+        ...
+
+    def plasticity_networks(self) -> dict[str, nn.Module]:
+        """The networks whose plasticity is measured, by name (``policy``, ``value``, ...)."""
+        ...
+
+    def probe_inputs(self, size: int) -> dict[str, Tensor]:
+        """A probe batch of at most ``size`` examples from the latest experience, per network."""
+        ...
+
+    def plasticity_extras(self, inputs: Mapping[str, Tensor]) -> dict[str, float]:
+        """More measures on the probe batch, keyed ``<network>/<measure>``."""
+        ...
+
+    def replacement_counts(self) -> dict[str, list[int]]:
+        """Units replaced so far (CBP, ReDo) per hidden layer of each network."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        """Release threads or other resources (the run calls it at the end)."""
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose (``"env"``, ``"actions"``, ...), independent of the others."""
+    digest = hashlib.sha256(purpose.encode()).digest()
+    words = np.random.SeedSequence([seed, int.from_bytes(digest[:4], "little")])
+    return int(words.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
+
+
+def episodes_from_infos(infos: Mapping[str, Any], step: int) -> list[Episode]:
+    """The episodes ``RecordEpisodeStatistics`` reports as finished in one vector step."""
+    mask = infos.get("_episode")
+    if mask is None or not np.any(mask):
+        return []
+    stats = infos["episode"]
+    return [
+        Episode(step, float(stats["r"][i]), int(stats["l"][i]), int(i))
+        for i in np.flatnonzero(mask)
+    ]
+
+
+class PlasticityMonitor:
+    """:class:`~cbp_rl.metrics.PlasticityProbe` on each named network, as ``plasticity/`` tags.
+
+    Every measure of every hidden layer (dead units, dormant ratio, effective rank, approximate
+    rank, stable rank, weight magnitude, weight change since the previous measurement, gradient
+    norm) becomes ``plasticity/<network>/<measure>/<layer>``.
+    """
+
+    def __init__(self, networks: Mapping[str, nn.Module], *, dormant_tau: float) -> None:
+        self.probes = {
+            name: PlasticityProbe(net, dormant_tau=dormant_tau) for name, net in networks.items()
+        }
+
+    def measure(self, inputs: Mapping[str, Tensor]) -> dict[str, float]:
+        """The measures of every network on its probe batch."""
+        result = {}
+        for name, probe in self.probes.items():
+            for key, value in probe.measure(inputs[name]).items():
+                result[f"plasticity/{name}/{key}"] = value
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: probe.state_dict() for name, probe in self.probes.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, probe in self.probes.items():
+            probe.load_state_dict(state.get(name, {}))
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class PreparedRun:
+    """A validated run, ready to :meth:`execute`."""
+
+    algorithm: str
+    config: Any
+    build_agent: Callable[[AgentContext], Agent]
+    description: EnvDescription
+    device: torch.device
+    run_dir: Path
+    checkpoint: dict[str, Any] | None
+    """The state to resume from, ``None`` for a fresh run."""
+    manager: CheckpointManager
+    """The run directory's checkpoints (it remembers a latest checkpoint found unreadable)."""
+
+    def execute(self) -> int:
+        """Run to ``total_steps`` or a stop signal; returns 0, or 128 + the signal number."""
+        return _Execution(self).run()
+
+
+def prepare_run(
+    algorithm: str,
+    config: Any,
+    build_agent: Callable[[AgentContext], Agent],
+    *,
+    resume_ignore: Sequence[str] = RESUME_IGNORE_RUN,
+) -> PreparedRun:
+    """Validate a run before anything runs; raises ``ValueError`` or ``CheckpointError``.
+
+    ``config`` is a frozen dataclass with ``run`` (:class:`~cbp_rl.agents.config.RunSettings`)
+    and ``measure`` (:class:`~cbp_rl.agents.config.MeasureSettings`). Checks the device, the
+    environment (a continuous-action Gymnasium id, built once), the run directory (a fresh run
+    never reuses one that holds a run) and, on resume, the checkpoint (readable, of this
+    algorithm, with a compatible config).
+    """
+    run = config.run
+    try:
+        device = resolve_device(run.device)
+    except RuntimeError as err:
+        raise ValueError(str(err)) from err
+    check_env_id(run.env)
+    kwargs = {**run.gym_kwargs(), **sub_env_kwargs(run.env, run.num_envs)}
+    description = describe_env(run.env, kwargs)
+    checkpoint = None
+    if run.resume is not None:
+        run_dir = Path(run.resume)
+        if not run_dir.is_dir():
+            raise ValueError(f"--resume {run_dir}: no such run directory")
+        manager = CheckpointManager(run_dir, every=run.checkpoint_every)
+        checkpoint = manager.load_latest(required=True, fallback=run.resume_fallback)
+        assert checkpoint is not None
+        saved_algorithm = checkpoint.get("algorithm")
+        if saved_algorithm != algorithm:
+            raise CheckpointError(
+                f"was written by {saved_algorithm!r}, not {algorithm!r}",
+                run_dir / CheckpointManager.FILENAME,
+                f"resume it with `python -m cbp_rl.train {saved_algorithm} --resume {run_dir}`",
+            )
+        check_compatible(
+            checkpoint["config"],
+            _config_json(config),
+            ignore=tuple(resume_ignore),
+            path=run_dir / CheckpointManager.FILENAME,
+        )
+        if checkpoint["step"] >= run.total_steps:
+            raise ValueError(
+                f"the run in {run_dir} is at step {checkpoint['step']}, at or past "
+                f"--total-steps {run.total_steps}: raise --total-steps to train further"
+            )
+    else:
+        run_dir = _fresh_run_dir(algorithm, run)
+        manager = CheckpointManager(run_dir, every=run.checkpoint_every)
+    return PreparedRun(
+        algorithm, config, build_agent, description, device, run_dir, checkpoint, manager
+    )
+
+
+def _fresh_run_dir(algorithm: str, run: Any) -> Path:
+    if run.run_dir is None:
+        return new_run_dir(run.runs_root, f"{algorithm}-{run.env}-s{run.seed}")
+    run_dir = Path(run.run_dir)
+    taken = [
+        name
+        for name in (CONFIG_FILE, EPISODES_FILE, CheckpointManager.FILENAME)
+        if (run_dir / name).exists()
+    ]
+    if taken or any(run_dir.glob("events.out.tfevents.*")):
+        raise ValueError(
+            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
+            "choose another directory"
+        )
+    return run_dir
+
+
+def _config_json(config: Any) -> dict[str, Any]:
+    result: dict[str, Any] = to_jsonable(config)
+    return result
+
+
+# --------------------------------------------------------------------------- execution
+
+
+class _Execution:
+    """One process's part of a run: set up, loop, checkpoint, close."""
+
+    def __init__(self, prepared: PreparedRun) -> None:
+        self.prepared = prepared
+        self.config = prepared.config
+        self.run_settings = prepared.config.run
+        self.measure = prepared.config.measure
+        self.run_dir = prepared.run_dir
+        self.recent_returns: deque[float] = deque(maxlen=10)
+        self.last_probe_step = 0
+        self.last_status = time.monotonic()
+
+    def run(self) -> int:
+        run = self.run_settings
+        torch.set_num_threads(run.torch_threads or _cpu_count())
+        seed_everything(run.seed)
+        description = self.prepared.description
+        envs = make_vector_env(
+            run.env,
+            run.num_envs,
+            mode=run.vector_mode,
+            num_workers=run.num_workers,
+            env_kwargs=run.gym_kwargs(),
+            info_keys=description.logged_info_keys,
+        )
+        try:
+            return self._run_with(envs)
+        finally:
+            envs.close()
+
+    def _run_with(self, envs: Any) -> int:
+        prepared, run = self.prepared, self.run_settings
+        context = AgentContext(self.config, envs, prepared.description, prepared.device, run.seed)
+        agent = prepared.build_agent(context)
+        try:
+            return self._run_agent(agent, envs)
+        finally:
+            agent.close()
+
+    def _run_agent(self, agent: Agent, envs: Any) -> int:
+        prepared, run = self.prepared, self.run_settings
+        self.monitor = PlasticityMonitor(
+            agent.plasticity_networks(), dormant_tau=self.measure.dormant_tau
+        )
+        manager = prepared.manager
+        state = prepared.checkpoint
+        if state is None:
+            observations, _ = envs.reset(seed=derive_seed(run.seed, "env"))
+            agent.start(observations)
+            logger = RunLogger(self.run_dir, self._config_record())
+        else:
+            self._restore(agent, envs, state)
+            manager.last_step = state["step"]
+            # Everything logged at the checkpoint's step came before it: drop only later events.
+            logger = RunLogger(
+                self.run_dir,
+                self._config_record(),
+                resume_step=state["step"] + 1,
+                resume_position=state["log_position"],
+            )
+        print(
+            f"{prepared.algorithm} on {run.env}: run directory {self.run_dir}"
+            + (f" (resumed at step {agent.global_step})" if state is not None else ""),
+            flush=True,
+        )
+        with logger, GracefulStop() as stop:
+            self._loop(agent, envs, logger, manager, stop)
+            if manager.last_step != agent.global_step or not manager.path.exists():
+                manager.save(agent.global_step, self._state(agent, envs, logger))
+        if stop.signal is not None:
+            print(
+                f"stopped by {stop.signal.name} at step {agent.global_step}; continue with "
+                f"--resume {self.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 128 + int(stop.signal)
+        print(f"finished at step {agent.global_step}: {self.run_dir}", flush=True)
+        return 0
+
+    def _loop(
+        self,
+        agent: Agent,
+        envs: Any,
+        logger: RunLogger,
+        manager: CheckpointManager,
+        stop: GracefulStop,
+    ) -> None:
+        total = self.run_settings.total_steps
+        show = self.run_settings.progress
+        with Progress(total, initial=agent.global_step, enabled=show, desc="steps") as bar:
+            while agent.global_step < total and not stop.requested:
+                started = time.perf_counter()
+                iteration = agent.iterate()
+                elapsed = time.perf_counter() - started
+                step = agent.global_step
+                self._log_iteration(logger, iteration, step, elapsed)
+                self._maybe_probe(agent, logger, step)
+                if manager.due(step):
+                    manager.save(step, self._state(agent, envs, logger))
+                postfix = {"sps": f"{iteration.steps / max(elapsed, 1e-9):.0f}"}
+                if self.recent_returns:
+                    postfix["return"] = f"{np.mean(self.recent_returns):.1f}"
+                bar.update(iteration.steps, **postfix)
+                if show and not bar.enabled:
+                    self._status_line(step, total, postfix)
+
+    def _log_iteration(
+        self, logger: RunLogger, iteration: Iteration, step: int, elapsed: float
+    ) -> None:
+        for episode in iteration.episodes:
+            logger.episode(
+                episode.step,
+                return_=episode.return_,
+                length=episode.length,
+                env=episode.env_index,
+            )
+            logger.scalar("charts/episodic_return", episode.return_, episode.step)
+            logger.scalar("charts/episodic_length", episode.length, episode.step)
+            self.recent_returns.append(episode.return_)
+        logger.scalars(iteration.scalars, step)
+        logger.scalars(iteration.env_info, step, prefix="env")
+        logger.scalar("charts/sps", iteration.steps / max(elapsed, 1e-9), step)
+        logger.scalar("charts/update_time_fraction", iteration.update_seconds / elapsed, step)
+
+    def _maybe_probe(self, agent: Agent, logger: RunLogger, step: int) -> None:
+        every = self.measure.plasticity_every
+        if not every or step // every <= self.last_probe_step // every:
+            return
+        self.last_probe_step = step
+        inputs = agent.probe_inputs(self.measure.probe_size)
+        values = self.monitor.measure(inputs)
+        values.update(
+            {f"plasticity/{key}": v for key, v in agent.plasticity_extras(inputs).items()}
+        )
+        for name, counts in agent.replacement_counts().items():
+            for layer, count in enumerate(counts):
+                values[f"plasticity/{name}/replacements/{layer}"] = count
+            values[f"plasticity/{name}/replacements/all"] = sum(counts)
+        logger.scalars(values, step)
+
+    def _status_line(self, step: int, total: int, postfix: Mapping[str, str]) -> None:
+        now = time.monotonic()
+        if now - self.last_status < 60.0 and step < total:
+            return
+        self.last_status = now
+        details = "  ".join(f"{key} {value}" for key, value in postfix.items())
+        print(f"step {step}/{total} ({100 * step / total:.1f}%)  {details}", flush=True)
+
+    # ----------------------------------------------------------------- state
+    def _config_record(self) -> dict[str, Any]:
+        run = dataclasses.replace(self.run_settings, run_dir=self.run_dir, resume=None)
+        config = dataclasses.replace(self.config, run=run)
+        return {"algorithm": self.prepared.algorithm, **_config_json(config)}
+
+    def _state(self, agent: Agent, envs: Any, logger: RunLogger) -> dict[str, Any]:
+        return {
+            "algorithm": self.prepared.algorithm,
+            "config": _config_json(self.config),
+            "agent": agent.state_dict(),
+            "env": capture_vector_state(envs, self.prepared.description),
+            "rng": capture_rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "runner": {"last_probe_step": self.last_probe_step},
+            "log_position": logger.position(),
+        }
+
+    def _restore(self, agent: Agent, envs: Any, state: dict[str, Any]) -> None:
+        run = self.run_settings
+        try:
+            agent.load_state_dict(state["agent"])
+            exact = restore_vector_state(envs, self.prepared.description, state["env"])
+            self.monitor.load_state_dict(state["monitor"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"does not fit this {self.prepared.algorithm} run: {type(err).__name__}: {err}",
+                self.run_dir / CheckpointManager.FILENAME,
+                "resume with the configuration that wrote it (config.json), or start a new run",
+            ) from err
+        if not exact:
+            print(
+                f"note: {run.env} has no exact snapshot support (not a MuJoCo env); its episodes "
+                "restart on resume",
+                file=sys.stderr,
+            )
+            observations, _ = envs.reset(seed=derive_seed(run.seed, f"env@{state['step']}"))
+            agent.start(observations)
+        self.last_probe_step = int(state["runner"]["last_probe_step"])
+        restore_rng_state(state["rng"])
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
