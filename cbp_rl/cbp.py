@@ -204,7 +204,7 @@ class GenerateAndTest(nn.Module):
     ``layer_sizes`` gives the number of units per hidden layer. With ``num_seeds`` set, every
     statistic has a leading seed dimension and each seed has its own random generator, so seed
     ``s`` of a batched run makes the same decisions as a single run seeded ``seeds[s]``.
-    State (``utility``, ``mean_activation``, ``age``, ``decay_power`` = eta^age,
+    State (``utility``, ``mean_activation``, ``age``, ``bias_correction`` = 1 - eta^age,
     ``accumulated``, ``replacements``, ``steps``, cached magnitudes) lives in buffers, the
     generators in the extra state, so ``state_dict()`` holds all of it.
     """
@@ -212,7 +212,7 @@ class GenerateAndTest(nn.Module):
     utility: Tensor
     mean_activation: Tensor
     age: Tensor
-    decay_power: Tensor
+    bias_correction: Tensor
     accumulated: Tensor
     replacements: Tensor
     steps: Tensor
@@ -245,8 +245,8 @@ class GenerateAndTest(nn.Module):
         self.register_buffer("utility", torch.zeros(units, device=device, dtype=dtype))
         self.register_buffer("mean_activation", torch.zeros(units, device=device, dtype=dtype))
         self.register_buffer("age", torch.zeros(units, dtype=torch.int64, device=device))
-        # eta ** age, kept by multiplication: the bias correction is 1 - decay_power
-        self.register_buffer("decay_power", torch.ones(units, device=device, dtype=dtype))
+        # 1 - eta ** age, kept by bc <- eta * bc + (1 - eta), one lerp towards 1 per step
+        self.register_buffer("bias_correction", torch.zeros(units, device=device, dtype=dtype))
         self.register_buffer("in_magnitude", torch.zeros(units, device=device, dtype=dtype))
         self.register_buffer("out_magnitude", torch.zeros(units, device=device, dtype=dtype))
         self.register_buffer("accumulated", torch.zeros(per_layer, dtype=torch.float64))
@@ -256,6 +256,7 @@ class GenerateAndTest(nn.Module):
         self._book = _HostBook(self.num_seeds, len(self.layer_sizes))
         self._magnitudes: _MagnitudePlan | None = None
         self.register_buffer("_one", torch.ones((), dtype=torch.int64, device=device), False)
+        self.register_buffer("_one_float", torch.ones((), device=device, dtype=dtype), False)
         self.register_state_dict_pre_hook(_sync_before_save)
         self.register_load_state_dict_post_hook(_mark_stale_after_load)
 
@@ -329,10 +330,12 @@ class GenerateAndTest(nn.Module):
         book = self._host()
         book.steps += 1
         buffers = self._buffers
-        age, decay_power, one = buffers["age"], buffers["decay_power"], buffers["_one"]
-        assert age is not None and decay_power is not None and one is not None
-        age.add_(one)  # a tensor operand: cheaper than wrapping a Python scalar
-        decay_power.mul_(self.config.decay_rate)
+        age, correction = buffers["age"], buffers["bias_correction"]
+        one, one_float = buffers["_one"], buffers["_one_float"]
+        assert age is not None and correction is not None
+        assert one is not None and one_float is not None
+        age.add_(one)  # tensor operands: cheaper than wrapping a Python scalar
+        correction.lerp_(one_float, 1.0 - self.config.decay_rate)
         self._update_utility(activations, layouts)
         return self._replace_units(layouts)
 
@@ -348,9 +351,9 @@ class GenerateAndTest(nn.Module):
         if kind == "random":
             return
         if kind in _NEEDS_DEVIATION:
-            decay_power = buffers["decay_power"]
-            assert decay_power is not None
-            f_hat = mean_activation / torch.rsub(decay_power, 1.0)
+            correction = buffers["bias_correction"]
+            assert correction is not None
+            f_hat = mean_activation / correction
             spread = per_unit.mean_abs_deviation(f_hat, self._slices)
         elif kind == "contribution":
             spread = per_unit.mean_abs()
@@ -400,8 +403,8 @@ class GenerateAndTest(nn.Module):
             ]
             score = torch.stack(draws).to(age.device)
         else:
-            decay_power = self._as_seeded(self.decay_power)[seeds, span]
-            score = self._as_seeded(self.utility)[seeds, span] / torch.rsub(decay_power, 1.0)
+            correction = self._as_seeded(self.bias_correction)[seeds, span]
+            score = self._as_seeded(self.utility)[seeds, span] / correction
         score.masked_fill_(age <= self.config.maturity_threshold, math.inf)
         return torch.topk(score, max(counts), dim=1, largest=False, sorted=True).indices
 
@@ -419,18 +422,21 @@ class GenerateAndTest(nn.Module):
         mean_activation = None
         if self.config.bias_compensation:
             mean = self._as_seeded(self.mean_activation)[seeds, positions]
-            mean_activation = mean / torch.rsub(
-                self._as_seeded(self.decay_power)[seeds, positions], 1.0
-            )
+            mean_activation = mean / self._as_seeded(self.bias_correction)[seeds, positions]
         draws = [
             _draw_incoming(layout, self.lead, count, self._generators[seed])
             for seed, count in zip(seed_list, counts, strict=True)
         ]
         fresh = torch.cat(draws) if len(draws) > 1 else draws[0]
         _reinit(layout, self.lead, seeds, units, fresh, mean_activation)
-        for buffer in (self.utility, self.mean_activation, self.age, self.out_magnitude):
+        for buffer in (
+            self.utility,
+            self.mean_activation,
+            self.age,
+            self.bias_correction,
+            self.out_magnitude,
+        ):
             self._as_seeded(buffer)[seeds, positions] = 0
-        self._as_seeded(self.decay_power)[seeds, positions] = 1.0
         if self.config.magnitude_every > 1 and self.config.utility in _NEEDS_IN_MAGNITUDE:
             self._as_seeded(self.in_magnitude)[seeds, positions] = (
                 fresh.abs().flatten(1).mean(1).to(self.in_magnitude)
@@ -460,6 +466,8 @@ class _HostBook:
         self.eligible = np.zeros((num_seeds, num_layers), np.int64)
         self.maturing: deque[tuple[int, list[int], int, list[int]]] = deque()
         """(step, seeds, layer, counts): units that become eligible at that step."""
+        self.expected: np.ndarray | None = None
+        """``replacement_rate * eligible``, kept until eligibility changes."""
         self.stale = True
 
     def rebuild(
@@ -488,6 +496,7 @@ class _HostBook:
                     ready = self.steps + maturity_threshold + 1 - unit_age
                     pending.append((ready, [seed], layer, [count]))
         self.maturing = deque(sorted(pending))
+        self.expected = None
         self.stale = False
 
     def plan(
@@ -498,10 +507,15 @@ class _HostBook:
         while maturing and maturing[0][0] <= self.steps:
             _, seeds, layer, counts = maturing.popleft()
             eligible[seeds, layer] += counts
-        expected = config.replacement_rate * eligible
+            self.expected = None
+        if self.expected is None:
+            self.expected = config.replacement_rate * eligible
+        expected = self.expected
         if config.accumulate:
             # nothing eligible adds 0.0: no accrual then, as in the reference
             self.accumulated += expected
+            if self.accumulated.max() < 1.0:
+                return []
             chosen = np.floor(self.accumulated)
             self.accumulated -= chosen
         else:
@@ -523,6 +537,7 @@ class _HostBook:
         self, seeds: list[int], layer: int, counts: list[int], maturity_threshold: int
     ) -> None:
         self.eligible[seeds, layer] -= counts
+        self.expected = None
         self.maturing.append((self.steps + maturity_threshold + 1, seeds, layer, counts))
         self.replacements[seeds, layer] += counts
 
@@ -538,7 +553,7 @@ class _PerUnitReducer:
     def __init__(self, activations: Sequence[Tensor], lead: int, dtype: torch.dtype) -> None:
         if any(h.dtype != dtype for h in activations):  # e.g. recorded under autocast
             activations = [h.to(dtype) for h in activations]
-        self.layers = [h if h.ndim == lead + 3 else h.unsqueeze(-1) for h in activations]
+        self.activations = activations
         self.reduce = (lead, lead + 2)
         examples = activations[0].shape[lead]
         self.single = examples == 1
@@ -547,6 +562,12 @@ class _PerUnitReducer:
             self.flat = torch.cat(list(activations), dim=-1)
             if self.single:
                 self.flat = self.flat.squeeze(-2)
+
+    @property
+    def layers(self) -> list[Tensor]:
+        """Per-layer activations as ``[*seeds, M, units, P]`` (the path without ``flat``)."""
+        lead = self.reduce[0]
+        return [h if h.ndim == lead + 3 else h.unsqueeze(-1) for h in self.activations]
 
     def mean(self) -> Tensor:
         if self.flat is None:
@@ -825,12 +846,8 @@ class ContinualBackprop(GenerateAndTest):
         self.bounds = tuple(replacement_bound(layer, init) for layer in hidden)
         self._recorder = ActivationRecorder(hidden)
         self._layout_key: tuple[int, ...] = ()
-        self._layer_modules = [
-            module
-            for layer in hidden
-            for module in (layer.incoming, layer.outgoing, layer.norm)
-            if module is not None
-        ]
+        modules = [m for layer in hidden for m in (layer.incoming, layer.outgoing, layer.norm)]
+        self._layer_modules = list({id(m): m for m in modules if m is not None}.values())
         self._layout_cache: list[UnitLayout] = []
 
     def extra_repr(self) -> str:

@@ -277,7 +277,11 @@ class ActivationRecorder:
                 "after a forward pass through the network"
             )
         return [
-            t.reshape(t.shape[0], units, -1) if conv else t.reshape(-1, units)
+            t
+            if t.ndim == 2 and not conv  # the common case: already [M, units]
+            else t.reshape(t.shape[0], units, -1)
+            if conv
+            else t.reshape(-1, units)
             for t, (units, conv) in zip(recorded, self._units, strict=True)
             if t is not None
         ]
