@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cbp_rl.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from cbp_rl.envs.vector import describe_env, make_sub_env, sub_env_kwargs
+from cbp_rl.envs.vector import describe_env, make_sub_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.runtime import resolve_device
 
 __all__ = ["EvaluationResult", "evaluate_run"]
@@ -76,7 +76,11 @@ def evaluate_run(
         ) from err
     config = state["config"]
     env_id = config["run"]["env"]
-    kwargs = {**json.loads(config["run"].get("env_kwargs", "{}")), **sub_env_kwargs(env_id, 1)}
+    kwargs = {
+        **seeded_env_kwargs(env_id, int(config["run"]["seed"])),
+        **json.loads(config["run"].get("env_kwargs", "{}")),
+        **sub_env_kwargs(env_id, 1),
+    }
     description = describe_env(env_id, kwargs)
     act = module.load_policy(config, state["agent"], description, resolve_device(device))
     env = make_sub_env(env_id, kwargs)

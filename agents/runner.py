@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -50,11 +50,15 @@ from cbp_rl.envs.vector import (
     describe_env,
     make_vector_env,
     restore_vector_state,
+    seeded_env_kwargs,
     sub_env_kwargs,
 )
 from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger
 from cbp_rl.metrics import PlasticityProbe
 from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+
+if TYPE_CHECKING:
+    from cbp_rl.agents.config import RunSettings
 
 __all__ = [
     "Agent",
@@ -250,7 +254,7 @@ def prepare_run(
     except RuntimeError as err:
         raise ValueError(str(err)) from err
     check_env_id(run.env)
-    kwargs = {**run.gym_kwargs(), **sub_env_kwargs(run.env, run.num_envs)}
+    kwargs = {**env_kwargs(run), **sub_env_kwargs(run.env, run.num_envs)}
     description = describe_env(run.env, kwargs)
     checkpoint = None
     if run.resume is not None:
@@ -284,6 +288,12 @@ def prepare_run(
     return PreparedRun(
         algorithm, config, build_agent, description, device, run_dir, checkpoint, manager
     )
+
+
+def env_kwargs(run: RunSettings) -> dict[str, Any]:
+    """``gym.make`` keywords of each sub-env: defaults from the run's seed (the schedule seed of
+    non-stationary envs), then the user's ``--env-kwargs``."""
+    return {**seeded_env_kwargs(run.env, run.seed), **run.gym_kwargs()}
 
 
 def _fresh_run_dir(algorithm: str, run: Any) -> Path:
@@ -334,7 +344,7 @@ class _Execution:
             run.num_envs,
             mode=run.vector_mode,
             num_workers=run.num_workers,
-            env_kwargs=run.gym_kwargs(),
+            env_kwargs=env_kwargs(run),
             info_keys=description.logged_info_keys,
         )
         try:

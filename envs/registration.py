@@ -19,6 +19,7 @@ SLIPPERY_ANT_KWARGS: dict[str, Any] = {
     "schedule_seed": 0,
     "at_episode_end": True,
     "num_envs": 1,
+    "reset_counts_as_step": None,
 }
 """Registered defaults of SlipperyAnt-v4/-v5 (the reference's); keyword arguments override them."""
 

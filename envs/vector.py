@@ -64,6 +64,7 @@ __all__ = [
     "make_vector_env",
     "resolve_vector_mode",
     "restore_vector_state",
+    "seeded_env_kwargs",
     "sub_env_kwargs",
 ]
 
@@ -90,9 +91,23 @@ def sub_env_kwargs(env_id: str, num_envs: int) -> dict[str, Any]:
     """Keyword arguments for each sub-environment (ENV_PROTOCOL point 2).
 
     An env whose schedule counts agent steps declares ``num_envs`` in its registered kwargs; it
-    is told how many sub-environments step in lockstep.
+    is told how many sub-environments step in lockstep. One that also declares
+    ``reset_counts_as_step`` is told that a reset is no step of its own: these vectorizers reset
+    a finished sub-environment within the step that ended its episode.
     """
-    return {"num_envs": num_envs} if "num_envs" in gym.spec(env_id).kwargs else {}
+    registered = gym.spec(env_id).kwargs
+    kwargs: dict[str, Any] = {}
+    if "num_envs" in registered:
+        kwargs["num_envs"] = num_envs
+    if "reset_counts_as_step" in registered:
+        kwargs["reset_counts_as_step"] = False
+    return kwargs
+
+
+def seeded_env_kwargs(env_id: str, seed: int) -> dict[str, Any]:
+    """Defaults derived from the run's seed: ``schedule_seed`` where the env registers one, so
+    each run seed sees its own sequence of world changes, as in the reference."""
+    return {"schedule_seed": seed} if "schedule_seed" in gym.spec(env_id).kwargs else {}
 
 
 @dataclass(frozen=True)

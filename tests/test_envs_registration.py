@@ -48,6 +48,7 @@ def test_slippery_ant_has_the_reference_defaults(version: str, obs_size: int) ->
         "schedule_seed": 0,
         "at_episode_end": True,
         "num_envs": 1,  # ENV_PROTOCOL point 2: agents pass num_envs when it is here
+        "reset_counts_as_step": None,  # agents with same-step autoreset pass False
     }
     schedule = schedule_of(env).schedule
     assert schedule.change_every == 2_000_000 and schedule.at_episode_end
