@@ -89,6 +89,7 @@ def test_read_scalars_keeps_last_value_per_step(tmp_path: Path) -> None:
         read_scalars(tmp_path / "missing")
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # a simulated crash
 def test_purge_on_resume(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path, {"seed": 0})
     position = None
@@ -196,6 +197,7 @@ def test_closed_logger(tmp_path: Path) -> None:
         logger.scalar("x", 1.0, 0)
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # a simulated crash
 def test_resume_with_checkpoint_manager(tmp_path: Path) -> None:
     """The whole cycle: log + checkpoint, keep logging, crash, resume from the checkpoint."""
     manager = CheckpointManager(tmp_path, every=4)
