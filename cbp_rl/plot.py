@@ -190,10 +190,10 @@ def read_rl_run(path: Path) -> Run | None:
     )
     for net in networks:
         for measure, (layer, scale, figure) in RL_MEASURES.items():
-            tag = _layer_tag(series, f"plasticity/{net}/{measure}", layer)
-            if tag is None:
+            source_tag = _layer_tag(series, f"plasticity/{net}/{measure}", layer)
+            if source_tag is None:
                 continue
-            source = series[tag]
+            source = series[source_tag]
             name = f"{net}/{measure}"
             series[name] = Series(source.x, scale * source.values)
             figures[name] = Figure(figure.title.format(net=net), figure.ylabel, STEPS)

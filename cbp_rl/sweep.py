@@ -262,6 +262,16 @@ def _free_name(base: Path) -> Path:
     raise SweepError(f"too many earlier attempts of {base.name}")
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_env(cpus: float) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` (and MKL's) for a run given ``cpus`` cores, unless the user set them:
+    torch would otherwise start a thread per core in every run and the runs would fight."""
+    threads = str(max(1, math.floor(cpus)))
+    return {name: threads for name in THREAD_VARIABLES if name not in os.environ}
+
+
 def _now() -> str:
     return time.strftime("%H:%M:%S")
 
@@ -430,6 +440,7 @@ class Driver:
             log=str(self.paths.log(run.name)),
             lock=str(self.paths.lock(run.name)),
             stop_file=str(self.paths.stop_file),
+            env=thread_env(run.resources.cpus),
         )
         outcome = self.backend.start(attempt, run.resources)
         if outcome is not None:
