@@ -140,6 +140,9 @@ class Manifest:
     metric: str
     unit: str
     runs: tuple[RunSpec, ...]
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The ``--set`` flags of the launches, reapplied when the sweep is relaunched from its
+    folder."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +150,7 @@ class Manifest:
             "command": self.command,
             "metric": self.metric,
             "unit": self.unit,
+            "overrides": self.overrides,
             "runs": [run.to_json() for run in self.runs],
         }
 
@@ -163,6 +167,7 @@ def load_manifest(root: str | os.PathLike[str]) -> Manifest:
             metric=data["metric"],
             unit=data["unit"],
             runs=tuple(RunSpec.from_json(run) for run in data["runs"]),
+            overrides=dict(data.get("overrides", {})),
         )
     except FileNotFoundError:
         raise SweepError(f"{root} is not a sweep folder (no {MANIFEST})") from None
@@ -182,7 +187,12 @@ def _without_budget(run: RunSpec, budget_flags: Sequence[str]) -> tuple[Any, ...
     return run.setting, run.seeds, tuple(words)
 
 
-def write_manifest(paths: SweepPaths, spec: SweepSpec, runs: Sequence[RunSpec]) -> None:
+def write_manifest(
+    paths: SweepPaths,
+    spec: SweepSpec,
+    runs: Sequence[RunSpec],
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
     """Write ``sweep.json`` for this launch; refuses a folder whose runs had other settings
     (only the budget may change between launches)."""
     if paths.manifest.exists():
@@ -209,7 +219,12 @@ def write_manifest(paths: SweepPaths, spec: SweepSpec, runs: Sequence[RunSpec]) 
         if gone:
             print(f"note: runs no longer in the spec are left in place: {', '.join(gone)}")
     manifest = Manifest(
-        spec.name, spec.command.name, spec.command.metric, spec.command.unit, tuple(runs)
+        spec.name,
+        spec.command.name,
+        spec.command.metric,
+        spec.command.unit,
+        tuple(runs),
+        dict(overrides or {}),
     )
     write_json_atomic(paths.manifest, manifest.to_json())
 
@@ -568,14 +583,14 @@ def launch_sweep(
     grace: float = 600.0,
 ) -> int:
     """Validate a spec, prepare its folder and run it (see the module docstring)."""
-    spec = load_spec(spec_file, overrides)
-    runs = expand(spec)
     paths = SweepPaths(root)
+    spec = load_spec(spec_file, overrides, default_name=_folder_name(paths))
+    runs = expand(spec)
     if dry_run:
         _print_plan(paths, spec, runs)
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    write_manifest(paths, spec, runs)
+    write_manifest(paths, spec, runs, overrides)
     keep_spec_copy(paths, spec_file)
     if spec.expected_cpu_hours:
         print(f"{spec.name}: expected cost about {spec.expected_cpu_hours:,.0f} CPU-hours")
@@ -792,7 +807,10 @@ def _measure(spec: SweepSpec, run: RunSpec, budget: list[str], work: Path) -> tu
     argv = [sys.executable, "-m", "cbp_rl.train", spec.command.name, *run.argv, *budget]
     argv += ["--run-dir", str(run_dir)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    env = {**os.environ, **thread_env(run.resources.cpus)}  # as the sweep would run it
+    done = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SweepError(f"{' '.join(argv)} failed:\n{done.stderr.decode()[-2000:]}")
@@ -813,6 +831,18 @@ def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
             raise SpecError(f"--set takes FLAG=VALUE, got {pair!r}")
         result[key] = parse_value(value)
     return result
+
+
+def _folder_name(paths: SweepPaths) -> str | None:
+    """The name of the sweep a folder holds, if it holds one."""
+    return load_manifest(paths.root).name if paths.manifest.is_file() else None
+
+
+def _saved_overrides(folder: Path | None) -> dict[str, Any]:
+    """The ``--set`` flags a sweep folder was launched with."""
+    if folder is None or not (folder / MANIFEST).is_file():
+        return {}
+    return dict(load_manifest(folder).overrides)
 
 
 def _resolve_target(target: Path) -> tuple[Path, Path | None]:
@@ -858,10 +888,9 @@ def _main_run(argv: Sequence[str]) -> int:
     if args.address and args.backend != "ray":
         raise SweepError("--address goes with --backend ray")
     spec_file, folder = _resolve_target(args.target)
-    overrides = _overrides(args.set)
-    root = args.out or folder
-    if root is None:
-        root = Path("sweeps") / load_spec(spec_file, overrides).name
+    given = _overrides(args.set)
+    root = args.out or folder or Path("sweeps") / load_spec(spec_file, given).name
+    overrides = {**_saved_overrides(root), **given}
     return launch_sweep(
         spec_file,
         root,

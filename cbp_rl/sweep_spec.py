@@ -385,8 +385,14 @@ TOP_LEVEL = (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
-def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    """Read and parse a spec file; ``overrides`` are flags put over every run's (``--set``)."""
+def load_spec(
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    default_name: str | None = None,
+) -> SweepSpec:
+    """Read and parse a spec file; ``overrides`` are flags put over every run's (``--set``);
+    the sweep's name defaults to ``default_name``, else the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -395,7 +401,8 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
             document = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path} is not valid TOML: {err}") from None
-    return parse_spec(document, default_name=path.stem, overrides=overrides, where=str(path))
+    name = default_name or path.stem
+    return parse_spec(document, default_name=name, overrides=overrides, where=str(path))
 
 
 def parse_spec(

@@ -35,18 +35,20 @@ RUNS = ("cbp-s0", "cbp-s1")
 TASKS, EXAMPLES = 16, 400
 
 
-def pmnist_spec(path: Path, data: Path, *, retries: int = 2, extra: str = "") -> Path:
+def pmnist_spec(path: Path, data: Path | None, *, retries: int = 2) -> Path:
+    """A tiny spec; ``data`` None leaves the MNIST folder to ``--set data-dir=...``."""
+    data_line = "" if data is None else f'data-dir = "{data}"'
     path.write_text(
         f"""
 command = "pmnist"
 seeds = 2
 max_retries = {retries}
-{extra}
+
 [base]
 width = 16
 tasks = {TASKS}
 examples-per-task = {EXAMPLES}
-data-dir = "{data}"
+{data_line}
 progress = false
 
 [settings.cbp]
@@ -105,9 +107,10 @@ def attempts(sweep: Path, run: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("=== attempt")]
 
 
-def start_sweep(spec: Path, out: Path) -> subprocess.Popen[bytes]:
+def start_sweep(spec: Path, out: Path, *flags: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cbp_rl.sweep", str(spec), "--out", str(out), "--num-cpus", "2"],
+        [sys.executable, "-m", "cbp_rl.sweep", str(spec), "--out", str(out), "--num-cpus", "2"]
+        + list(flags),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -124,8 +127,10 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen[bytes]) 
 
 
 def mid_way(sweep: Path, run: str) -> bool:
+    """Whether the run has written a checkpoint and is not finished."""
     status = read_run_status(sweep / "runs" / run)
-    return status is not None and 0 < status.step < status.total
+    saved = (sweep / "runs" / run / "checkpoint.pt").is_file()
+    return saved and status is not None and 0 < status.step < status.total
 
 
 # --------------------------------------------------------------------------- backends
@@ -242,9 +247,9 @@ def test_a_run_killed_mid_way_is_retried_from_its_checkpoint_and_ends_the_same(
 def test_ctrl_c_leaves_runs_resumable_and_a_relaunch_finishes_them(
     reference: Path, tmp_path: Path, mnist_dir: Path
 ) -> None:
-    spec = pmnist_spec(tmp_path / "spec.toml", mnist_dir)
+    spec = pmnist_spec(tmp_path / "tiny.toml", None)
     out = tmp_path / "sweep"
-    sweep = start_sweep(spec, out)
+    sweep = start_sweep(spec, out, "--set", f"data-dir={mnist_dir}")
     wait_until(lambda: all(mid_way(out, run) for run in RUNS), sweep)
     sweep.send_signal(signal.SIGINT)  # what a terminal's Ctrl+C sends the sweep
     output = sweep.communicate(timeout=300)[0].decode()
@@ -255,7 +260,10 @@ def test_ctrl_c_leaves_runs_resumable_and_a_relaunch_finishes_them(
     assert all(0 < v.step < v.total for v in views)
     first_events = {p.name for p in (out / "runs" / "cbp-s0").glob("events.out.tfevents.*")}
 
-    assert main([str(out)]) == 0  # the folder alone relaunches (its spec.toml)
+    # the folder alone relaunches: its spec.toml, with the --set flags of the first launch
+    assert main([str(out)]) == 0
+    assert load_manifest(out).name == "tiny"
+    assert load_manifest(out).overrides == {"data-dir": str(mnist_dir)}
     for run in RUNS:
         tries = attempts(out, run)
         assert len(tries) == 2 and "--resume" in tries[1]

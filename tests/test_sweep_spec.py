@@ -90,6 +90,14 @@ def test_pmnist_batches_consecutive_seeds() -> None:
         ({"resources": {"cpu": 2}}, "unknown key(s) ['cpu']"),
         ({"resources": {"seeds_per_run": 2}}, "needs a command that batches seeds"),
         ({"name": "a b"}, "must be letters, digits"),
+        ({"max_retries": -1}, "max_retries must be an integer >= 0, got -1"),
+        ({"resources": {"cpus": 0}}, "cpus must be > 0"),
+        ({"resources": {"gpus": -1}}, "gpus must be a number >= 0, got -1"),
+        ({"expected_cpu_hours": "lots"}, "expected_cpu_hours must be a number"),
+        ({"seeds": [1, 1]}, "seeds repeat"),
+        ({"settings": {"cbp": 3}}, "setting 'cbp' must be a table of flags"),
+        ({"settings": {"cbp": {"resources": {"cpu": 2}}}}, "unknown key(s) ['cpu']"),
+        ({"base": {"optim": {"lr": 1}}}, "optim is a table; flags take values"),
     ],
 )
 def test_bad_specs_are_refused(change: dict[str, Any], message: str) -> None:
