@@ -109,8 +109,17 @@ def attempts(sweep: Path, run: str) -> list[str]:
 
 def start_sweep(spec: Path, out: Path, *flags: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cbp_rl.sweep", str(spec), "--out", str(out), "--num-cpus", "2"]
-        + list(flags),
+        [
+            sys.executable,
+            "-m",
+            "cbp_rl.sweep",
+            str(spec),
+            "--out",
+            str(out),
+            "--num-cpus",
+            "2",
+            *flags,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
