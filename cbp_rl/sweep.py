@@ -862,7 +862,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "subcommands: status SWEEP_DIR, validate SPEC..., estimate SPEC.",
     )
     parser.add_argument("target", type=Path, metavar="SPEC|SWEEP_DIR")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): a process pool on this machine; ray: one Ray task per run",
+    )
     parser.add_argument("--out", type=Path, help="the sweep folder (default: sweeps/<name>)")
     parser.add_argument("--jobs", type=int, help="local: at most this many runs at once")
     parser.add_argument(

@@ -358,3 +358,45 @@ def test_a_relaunch_refuses_a_spec_that_changes_existing_runs(
     assert main([str(spec), "--out", str(reference)]) == 2
     assert "only the budget may change" in capsys.readouterr().err
     assert (reference / "sweep.json").read_text() == before
+
+
+def test_a_ppo_sweep_reports_returns_and_plots_curves_and_plasticity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real MuJoCo: two seeds of a tiny PPO on Hopper-v4, the status view's latest return (the
+    mean of the last 10 episodes), and the return and plasticity figures of the folder."""
+    spec = tmp_path / "ppo.toml"
+    spec.write_text(
+        """
+command = "ppo"
+seeds = 2
+[base]
+env = "Hopper-v4"
+num-envs = 2
+batch-size = 256
+num-minibatches = 4
+update-epochs = 1
+hidden-sizes = [16, 16]
+total-steps = 1024
+plasticity-every = 512
+probe-size = 64
+progress = false
+[settings.cbp]
+preset = "cbp"
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "sweep"
+    assert main([str(spec), "--out", str(out), "--num-cpus", "2"]) == 0
+    for view in run_states(out):
+        assert (view.state, view.step, view.total, view.metric) == ("done", 1024, 1024, "return")
+        with open(out / "runs" / view.name / "episodes.csv", newline="", encoding="utf-8") as f:
+            returns = [float(row["return"]) for row in csv.DictReader(f)]
+        assert view.value == pytest.approx(np.mean(returns[-10:]), rel=1e-6)
+    capsys.readouterr()
+    assert plot.main([str(out), "--band", "bootstrap"]) == 0
+    written = {Path(line).name for line in capsys.readouterr().out.split()}
+    assert {"return.png", "policy_dead_units.png", "policy_weight_magnitude.png"} <= written
+    assert {"policy_effective_rank.png", "summary.csv", "summary.md"} <= written
+    markdown = (out / "plots" / "summary.md").read_text(encoding="utf-8")
+    assert "### return" in markdown and "bootstrap 95%" in markdown
