@@ -53,7 +53,7 @@ from cbp_rl.envs.vector import (
     seeded_env_kwargs,
     sub_env_kwargs,
 )
-from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger
+from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
 from cbp_rl.metrics import PlasticityProbe
 from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
 
@@ -382,6 +382,9 @@ class _Execution:
                 resume_step=state["step"] + 1,
                 resume_position=state["log_position"],
             )
+        self.status = RunStatusWriter(
+            self.run_dir, command=prepared.algorithm, total=run.total_steps, metric="return"
+        )
         print(
             f"{prepared.algorithm} on {run.env}: run directory {self.run_dir}"
             + (f" (resumed at step {agent.global_step})" if state is not None else ""),
@@ -391,6 +394,13 @@ class _Execution:
             self._loop(agent, envs, logger, manager, stop)
             if manager.last_step != agent.global_step or not manager.path.exists():
                 manager.save(agent.global_step, self._state(agent, envs, logger))
+            self.status.update(
+                agent.global_step,
+                self._recent_return(),
+                finished=agent.global_step >= run.total_steps,
+                stopped_by=None if stop.signal is None else stop.signal.name,
+                force=True,
+            )
         if stop.signal is not None:
             print(
                 f"stopped by {stop.signal.name} at step {agent.global_step}; continue with "
@@ -420,8 +430,10 @@ class _Execution:
                 step = agent.global_step
                 self._log_iteration(logger, iteration, step, elapsed)
                 self._maybe_probe(agent, logger, step)
-                if manager.due(step):
+                saved = manager.due(step)
+                if saved:
                     manager.save(step, self._state(agent, envs, logger))
+                self.status.update(step, self._recent_return(), force=saved)
                 postfix = {"sps": f"{iteration.steps / max(elapsed, 1e-9):.0f}"}
                 if self.recent_returns:
                     postfix["return"] = f"{np.mean(self.recent_returns):.1f}"
@@ -462,6 +474,9 @@ class _Execution:
                 values[f"plasticity/{name}/replacements/{layer}"] = count
             values[f"plasticity/{name}/replacements/all"] = sum(counts)
         logger.scalars(values, step)
+
+    def _recent_return(self) -> float | None:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else None
 
     def _status_line(self, step: int, total: int, postfix: Mapping[str, str]) -> None:
         now = time.monotonic()

@@ -6,6 +6,7 @@ A run directory holds::
     events.out.tfevents.*       TensorBoard scalars, one file per process (resumes add one)
     episodes.csv                one row per finished episode: step, return, length, ...
     checkpoint.pt               (cbp_rl.checkpoint.CheckpointManager)
+    status.json                 progress for sweeps and status views (RunStatusWriter)
 
 Tags are namespaced, e.g. ``train/approx_kl``, ``charts/episodic_return``,
 ``plasticity/policy/dead_units/0``; each command documents its own.
@@ -24,24 +25,38 @@ checkpoint, so no row appears twice::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import keyword
 import logging as _stdlib_logging
+import math
 import os
+import socket
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, SupportsFloat
 
 from cbp_rl.checkpoint import CheckpointError, StrPath, atomic_write, to_jsonable
 
-__all__ = ["RunLogger", "read_config", "read_scalars", "write_json_atomic"]
+__all__ = [
+    "RunLogger",
+    "RunStatus",
+    "RunStatusWriter",
+    "read_config",
+    "read_run_status",
+    "read_scalars",
+    "write_json_atomic",
+]
 
 _log = _stdlib_logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 EPISODES_FILE = "episodes.csv"
 EVENTS_GLOB = "events.out.tfevents.*"
+STATUS_FILE = "status.json"
 
 
 def write_json_atomic(path: StrPath, obj: Any) -> None:
@@ -310,3 +325,110 @@ def _purge_step(path: Path) -> int | None:
         if event.HasField("summary"):
             return None  # the marker comes before any summary
     return None
+
+
+# --------------------------------------------------------------------------- run status
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands, as ``status.json`` holds it (read by sweeps and status views).
+
+    ``finished`` is true once the run has done its whole budget (``step >= total``); a run
+    stopped by a signal or killed is not finished and resumes from its checkpoint.
+    """
+
+    command: str
+    """The training command (``ppo``, ``pmnist``, ...)."""
+    step: int
+    """Progress in ``unit``: environment steps (RL) or examples (permuted MNIST)."""
+    total: int
+    """The run's budget in ``unit``."""
+    unit: str = "steps"
+    finished: bool = False
+    metric: str = ""
+    """What ``value`` is: ``return`` (mean of the latest episodes) or ``accuracy``."""
+    value: float | None = None
+    """The latest value of ``metric`` (``None`` before there is one)."""
+    stopped_by: str | None = None
+    """The signal that stopped the run (``SIGINT``, ``SIGTERM``), if one did."""
+    pid: int = 0
+    host: str = ""
+    updated: float = 0.0
+    """Unix time of the write."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Command-specific progress, e.g. ``{"task": 12, "tasks": 800}``."""
+
+
+def read_run_status(run_dir: StrPath) -> RunStatus | None:
+    """The ``status.json`` of a run directory, or ``None`` if it has none (or an unreadable one,
+    e.g. written by another version)."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        names = {f.name for f in dataclasses.fields(RunStatus)}
+        return RunStatus(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class RunStatusWriter:
+    """Writes a run's ``status.json`` atomically, at most every ``every`` seconds unless forced.
+
+    ::
+
+        status = RunStatusWriter(run_dir, command="ppo", total=total_steps, metric="return")
+        status.update(step, value)                    # cheap: throttled
+        status.update(step, value, force=True)        # at checkpoints
+        status.update(step, value, finished=step >= total, stopped_by=..., force=True)  # at exit
+    """
+
+    def __init__(
+        self,
+        run_dir: StrPath,
+        *,
+        command: str,
+        total: int,
+        unit: str = "steps",
+        metric: str = "",
+        every: float = 10.0,
+    ) -> None:
+        self.path = Path(run_dir) / STATUS_FILE
+        self.command, self.total, self.unit, self.metric = command, int(total), unit, metric
+        self.every = every
+        self._last = -math.inf
+        self._host = socket.gethostname()
+
+    def update(
+        self,
+        step: int,
+        value: float | None = None,
+        *,
+        finished: bool = False,
+        stopped_by: str | None = None,
+        force: bool = False,
+        **extra: Any,
+    ) -> None:
+        """Record progress; written when forced, finished, or ``every`` seconds after the last."""
+        now = time.monotonic()
+        if not (force or finished) and now - self._last < self.every:
+            return
+        self._last = now
+        if value is not None and not math.isfinite(value):
+            value = None
+        status = RunStatus(
+            command=self.command,
+            step=int(step),
+            total=self.total,
+            unit=self.unit,
+            finished=finished,
+            metric=self.metric,
+            value=None if value is None else float(value),
+            stopped_by=stopped_by,
+            pid=os.getpid(),
+            host=self._host,
+            updated=time.time(),
+            extra=extra,
+        )
+        write_json_atomic(self.path, dataclasses.asdict(status))

@@ -6,6 +6,7 @@ A run directory holds::
     events.out.tfevents.*         TensorBoard: the mean over seeds of every per-seed scalar
     seed_<s>/events.out.tfevents.* TensorBoard: seed s (and seed_<s>/config.json)
     results.npz                   per seed, per task (cbp_rl.supervised.results)
+    status.json                   progress: examples done, last task's accuracy, finished
     checkpoint.pt                 the latest checkpoint (and checkpoint.prev.pt)
 
 TensorBoard steps are task numbers (1 = the first task). Tags: ``task/accuracy``,
@@ -33,7 +34,7 @@ from cbp_rl.checkpoint import (
     check_compatible,
     to_jsonable,
 )
-from cbp_rl.logging import RunLogger
+from cbp_rl.logging import RunLogger, RunStatusWriter
 from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
@@ -99,6 +100,10 @@ class PermutedMNISTRun:
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
         self.loggers: list[RunLogger] = []
+        total = config.tasks * config.examples_per_task
+        self.status = RunStatusWriter(
+            run_dir, command="pmnist", total=total, unit="examples", metric="accuracy"
+        )
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -190,6 +195,7 @@ class PermutedMNISTRun:
         self.task += 1
         self.position = 0
         self.plan = None
+        self.report_status()
 
     def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
         """Train until ``limit`` examples in all, the end of the run, or a stop request.
@@ -232,6 +238,20 @@ class PermutedMNISTRun:
             if self.position and self.examples_done + min(window, per_task) > limit:
                 return
 
+    def report_status(self, *, force: bool = False, stopped_by: str | None = None) -> None:
+        """Update ``status.json``: examples done and the latest task's mean accuracy."""
+        done = self.results.tasks_done
+        accuracy = float(self.results.arrays["accuracy"][:, done - 1].mean()) if done else None
+        self.status.update(
+            self.examples_done,
+            accuracy,
+            finished=self.task >= self.config.tasks,
+            stopped_by=stopped_by,
+            force=force,
+            task=self.task,
+            tasks=self.config.tasks,
+        )
+
     def _accuracy(self) -> str:
         examples = self.engine.examples
         if not examples:
@@ -257,6 +277,7 @@ class PermutedMNISTRun:
             "rng": capture_rng_state(),
         }
         self.checkpoints.save(self.examples_done, state)
+        self.report_status(force=True)
 
     def _data_identity(self) -> dict[str, Any]:
         return {
@@ -368,6 +389,8 @@ def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) ->
             stopped = experiment.task < config.tasks
             if experiment.checkpoints.last_step != experiment.examples_done:
                 experiment.save_checkpoint()
+            signal_name = None if stop.signal is None else stop.signal.name
+            experiment.report_status(force=True, stopped_by=signal_name)
         experiment.results.save(experiment.run_dir)
     finally:
         experiment.close()
