@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import tyro
 
-from cbp_rl.cbp import UTILITY_NAMES
+from cbp_rl.cbp import UtilityName
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
 
@@ -61,19 +61,8 @@ Steps = Annotated[
 
 InitName = Literal["lecun", "kaiming", "xavier", "default", "orthogonal"]
 OptimizerName = Literal["adam", "adamw", "sgd", "resettable_adam"]
-UtilityName = Literal[
-    "contribution",
-    "adaptable_contribution",
-    "zero_contribution",
-    "weight",
-    "adaptation",
-    "feature_by_input",
-    "random",
-]
 CBPInit = Literal["auto", "lecun", "kaiming", "xavier", "default"]
 OptimizerReset = Literal["auto", "always", "never"]
-
-assert set(get_args(UtilityName)) == set(UTILITY_NAMES)
 
 
 def _positive(name: str, value: float) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import tyro
 
 from cbp_rl.checkpoint import CheckpointError
+from cbp_rl.runtime import quiet_superseded_env_notices
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class EvaluateArgs:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate and print; returns the exit code (2 for bad input)."""
+    quiet_superseded_env_notices()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         parsed = tyro.cli(EvaluateArgs, args=args, prog="python -m cbp_rl.evaluate")

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -227,3 +228,13 @@ def new_run_dir(base: str | os.PathLike[str], name: str) -> Path:
             continue
         return path
     raise FileExistsError(f"could not find a free run directory for {base / stem}")
+
+
+def quiet_superseded_env_notices() -> None:
+    """Hide Gymnasium's notice that a v4 MuJoCo env is superseded by v5: the paper's runs use v4
+    on purpose. Called by the command-line entry points, not by library code."""
+    warnings.filterwarnings(
+        "ignore",
+        message=".*is out of date. You should consider upgrading",
+        category=DeprecationWarning,
+    )

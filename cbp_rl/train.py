@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from cbp_rl.runtime import quiet_superseded_env_notices
+
 
 class Command(NamedTuple):
     module: str
@@ -54,6 +56,7 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a command; returns the process exit code."""
+    quiet_superseded_env_notices()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())

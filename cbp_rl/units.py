@@ -33,7 +33,9 @@ ACTIVATIONS = (
     nn.Sigmoid,
     nn.Hardtanh,
 )
-# Modules that may sit between an activation and the next weight layer without changing units.
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus)
+# Modules that may sit between an activation and the next weight layer without changing units
+# (each keeps non-negative activations non-negative).
 PASS_THROUGH = (
     nn.Flatten,
     nn.Dropout,
@@ -57,6 +59,9 @@ class HiddenLayer:
     outgoing: WeightLayer
     norm: NormLayer | None = None
     name: str = ""
+    nonnegative: bool = False
+    """Set by discovery when the activation's output is never negative and only pass-through
+    modules follow it, so the recorded activations satisfy ``|h| = h``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.incoming, WEIGHT_LAYERS):
@@ -162,7 +167,10 @@ def discover_hidden_layers(net: nn.Module) -> list[HiddenLayer]:
     for name, leaf in _leaves(net):
         if isinstance(leaf, WEIGHT_LAYERS):
             if incoming is not None and activation is not None and _fits(incoming[1], leaf):
-                found.append(HiddenLayer(incoming[1], activation, leaf, norm, incoming[0]))
+                nonnegative = isinstance(activation, NONNEGATIVE_ACTIVATIONS)
+                found.append(
+                    HiddenLayer(incoming[1], activation, leaf, norm, incoming[0], nonnegative)
+                )
             incoming, norm, activation = (name, leaf), None, None
         elif isinstance(leaf, NORM_LAYERS) and incoming is not None and activation is None:
             norm = leaf if _norm_fits(leaf, incoming[1]) else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from cbp_rl.cbp import UTILITY_NAMES, CBPConfig
+from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.nets import validate_init
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
@@ -22,16 +22,6 @@ from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
 LearnerName = Literal["bp", "l2", "snp", "dropout", "onlinenorm", "adam", "redo", "cbp"]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
-UtilityName = Literal[
-    "contribution",
-    "adaptable_contribution",
-    "zero_contribution",
-    "weight",
-    "adaptation",
-    "feature_by_input",
-    "random",
-]
-assert get_args(UtilityName) == UTILITY_NAMES
 
 LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "bp": {},

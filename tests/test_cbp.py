@@ -686,3 +686,19 @@ def test_low_precision_activations_are_accepted() -> None:
         net(torch.randn(4, 4))
     assert cbp.step() == 2
     assert cbp.utility.dtype == torch.float32 and torch.all(torch.isfinite(cbp.utility))
+
+
+def test_non_negative_shortcut_only_where_discovery_proves_it() -> None:
+    relu_net = small_mlp(widths=(6,))
+    tanh_net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    assert ContinualBackprop(relu_net, None).hidden_layers[0].nonnegative
+    assert not ContinualBackprop(tanh_net, None).hidden_layers[0].nonnegative
+    spec = [(relu_net[0], "relu", relu_net[2])]
+    explicit = ContinualBackprop(relu_net, None, layers=spec, maturity_threshold=1000)
+    discovered = ContinualBackprop(relu_net, None, maturity_threshold=1000)
+    assert not explicit.hidden_layers[0].nonnegative  # its recorded input is not proven >= 0
+    for _ in range(3):  # both paths compute the same contribution utility on a ReLU net
+        relu_net(torch.randn(16, 4))
+        explicit.step()
+        discovered.step()
+    torch.testing.assert_close(explicit.utility, discovered.utility)
