@@ -402,8 +402,10 @@ class SACAgent:
         self.learn_from = settings.warmup_steps
         """The step from which the agent learns (warm-up end, or a refill's end after resume)."""
         self.observations = np.zeros((self.num_envs, obs_dim))
-        self._critic_params = [p for q in (self.q1, self.q2) for p in q.parameters()]
-        self._target_params = [p for q in (self.q1_target, self.q2_target) for p in q.parameters()]
+        self._critic_params: list[Tensor] = [p for q in (self.q1, self.q2) for p in q.parameters()]
+        self._target_params: list[Tensor] = [
+            p for q in (self.q1_target, self.q2_target) for p in q.parameters()
+        ]
         self._actor_params = list(self.actor.parameters())
 
     def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:

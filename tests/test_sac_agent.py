@@ -97,7 +97,7 @@ def reference_step(
         mean, log_std = actor(observations)
         gaussian = Normal(mean, log_std.exp())
         pre_tanh = mean + log_std.exp() * noise
-        log_prob = gaussian.log_prob(pre_tanh) - torch.log1p(-torch.tanh(pre_tanh) ** 2 + 1e-30)
+        log_prob = gaussian.log_prob(pre_tanh) - torch.log1p(-(torch.tanh(pre_tanh) ** 2) + 1e-30)
         return torch.tanh(pre_tanh), log_prob.sum(-1)
 
     with torch.no_grad():
@@ -183,9 +183,7 @@ def test_replay_ratio_and_warm_up_set_the_number_of_updates(
     warmup: int,
     expected: int,
 ) -> None:
-    agent = make_agent(
-        "--replay-ratio", ratio, "--warmup-steps", str(warmup), num_envs=num_envs
-    )
+    agent = make_agent("--replay-ratio", ratio, "--warmup-steps", str(warmup), num_envs=num_envs)
     run_steps(agent, 40)
     assert agent.global_step == 40
     assert agent.updates == expected

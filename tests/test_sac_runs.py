@@ -148,20 +148,28 @@ def test_seeded_runs_are_identical_and_resume_with_the_buffer_exactly(tmp_path: 
     flags = [*SMALL, "--cbp", "--maturity-threshold", "10", "--num-envs", "2"]
     flags += ["--replay-ratio", "0.75", "--plasticity-every", "200"]
     full, half, again = tmp_path / "full", tmp_path / "half", tmp_path / "again"
-    assert train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(full)) == 0
-    assert train(*flags, "--vector-mode", "sync", "--total-steps", "300", "--run-dir", str(half)) == 0
+    assert (
+        train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(full)) == 0
+    )
+    assert (
+        train(*flags, "--vector-mode", "sync", "--total-steps", "300", "--run-dir", str(half)) == 0
+    )
     # how the envs run may change on resume: the same numbers
     assert train("--resume", str(half), "--total-steps", "600", "--vector-mode", "batched") == 0
     final = training_state(full)
     same(final, training_state(half), "resumed")
     assert final["agent"]["updates"] == 375  # 0.75 x (600 - 100 warm-up steps)
-    assert train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(again)) == 0
+    assert (
+        train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(again)) == 0
+    )
     same(final, training_state(again), "second seeded run")
     # the resumed run's logs continue the interrupted ones: one value per step
     resumed, uninterrupted = read_scalars(half), read_scalars(full)
     assert [s for s, _ in resumed["train/q1_loss"]] == [200, 300, 400, 500, 600]
     assert resumed["train/q1_loss"] == uninterrupted["train/q1_loss"]
-    assert resumed["plasticity/q2/replacements/all"] == uninterrupted["plasticity/q2/replacements/all"]
+    assert (
+        resumed["plasticity/q2/replacements/all"] == uninterrupted["plasticity/q2/replacements/all"]
+    )
     assert (full / "episodes.csv").read_text() == (half / "episodes.csv").read_text()
 
 
