@@ -188,12 +188,14 @@ class ReplayBuffer:
 
     # ----------------------------------------------------------------- reading
     def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBatch:
-        """``batch_size`` transitions drawn uniformly with replacement."""
+        """``batch_size`` transitions drawn uniformly with replacement with ``generator`` (on
+        any device; the storage stays on the CPU, batches move to the buffer's ``device``)."""
         count = len(self)
         if count == 0:
             raise RuntimeError("the replay buffer is empty: add transitions before sampling")
-        picks = torch.randint(count, (batch_size,), generator=generator)
-        return self._gather(picks)
+        # drawn on the generator's device (an agent on CUDA keeps its generators there)
+        picks = torch.randint(count, (batch_size,), generator=generator, device=generator.device)
+        return self._gather(picks.cpu())
 
     def latest(self, size: int) -> ReplayBatch:
         """The most recent ``size`` transitions (at most all), oldest first."""

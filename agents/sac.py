@@ -480,7 +480,7 @@ class SACAgent:
         scalars["charts/replay_size"] = float(len(self.buffer))
         scalars["charts/updates"] = float(self.updates)
         scalars["charts/learning_rate"] = _lr(self.optimizers["actor"])
-        if totals.critic is None:
+        if totals.actor is None:  # no actor update this iteration: the current alpha
             scalars["train/alpha"] = self.alpha
         return Iteration(
             self.global_step - start_step,
