@@ -158,6 +158,18 @@ def test_without_autotune_alpha_stays_fixed(make_agent) -> None:  # type: ignore
     assert "alpha" not in agent.state_dict()["optimizers"]
 
 
+def test_alpha_is_logged_also_in_iterations_without_an_actor_update(make_agent) -> None:  # type: ignore[no-untyped-def]
+    agent = make_agent("--policy-frequency", "2", "--warmup-steps", "2")
+    run_steps(agent, 2)
+    logged = [agent.iterate().scalars for _ in range(4)]  # one step, one critic update each
+    assert [scalars["train/updates"] for scalars in logged] == [1, 1, 1, 1]
+    assert [scalars["train/actor_updates"] for scalars in logged] == [0, 1, 0, 1]
+    assert all("train/alpha" in scalars for scalars in logged)
+    # the alpha of update 3 (none) is the one update 4's actor loss used
+    assert logged[2]["train/alpha"] == pytest.approx(logged[3]["train/alpha"])
+    assert logged[2]["train/alpha"] != logged[1]["train/alpha"]  # update 2 stepped alpha
+
+
 def test_target_entropy_defaults_to_minus_the_action_dimension(make_agent) -> None:  # type: ignore[no-untyped-def]
     assert make_agent().target_entropy == -3.0  # Hopper: 3 actuators
     assert make_agent("--target-entropy", "-1.5").target_entropy == -1.5
