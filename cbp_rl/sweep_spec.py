@@ -3,7 +3,7 @@
 A spec (see the README section "Experiments at scale")::
 
     name = "ant_policy_collapse"        # default: the file's stem
-    command = "ppo"                     # ppo or pmnist
+    command = "ppo"                     # ppo, sac or pmnist
     seeds = 30                          # seeds seed_start .. seed_start+29, or a list [0, 4, 9]
     seed_start = 0
     max_retries = 2                     # relaunches of a run that died, each from its checkpoint
@@ -139,17 +139,18 @@ def _tidy(text: str) -> str:
     return "\n".join(lines)
 
 
-def _ppo_check(config: Any) -> None:
+def _rl_check(config: Any) -> None:
     from cbp_rl.envs.vector import check_env_id
 
     check_env_id(config.run.env)
 
 
-COMMANDS: dict[str, Command] = {
-    "ppo": Command(
-        name="ppo",
-        module="cbp_rl.agents.ppo_command",
-        config_class="cbp_rl.agents.ppo.PPOConfig",
+def _rl_command(name: str, config_class: str) -> Command:
+    """An RL command on the shared runner (``agents/runner.py``): the same run flags."""
+    return Command(
+        name=name,
+        module=f"cbp_rl.agents.{name}_command",
+        config_class=config_class,
         reserved=("seed", "run-dir", "runs-root", "resume", "resume-fallback"),
         metric="return",
         unit="steps",
@@ -161,8 +162,13 @@ COMMANDS: dict[str, Command] = {
         ],
         seed_flags=lambda seeds: ["--seed", str(seeds[0])],
         budget_flags=("--total-steps",),
-        check=_ppo_check,
-    ),
+        check=_rl_check,
+    )
+
+
+COMMANDS: dict[str, Command] = {
+    "ppo": _rl_command("ppo", "cbp_rl.agents.ppo.PPOConfig"),
+    "sac": _rl_command("sac", "cbp_rl.agents.sac.SACConfig"),
     "pmnist": Command(
         name="pmnist",
         module="cbp_rl.supervised.command",

@@ -402,3 +402,49 @@ preset = "cbp"
     assert {"policy_effective_rank.png", "summary.csv", "summary.md"} <= written
     markdown = (out / "plots" / "summary.md").read_text(encoding="utf-8")
     assert "### return" in markdown and "bootstrap 95%" in markdown
+
+
+def test_a_sac_sweep_runs_on_the_shared_runner_and_plots_actor_and_critics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SAC through the same sweep machinery as PPO: two seeds of a tiny SAC with CBP on
+    Pendulum-v1, done with their returns, and the actor's and critics' measures plotted."""
+    spec = tmp_path / "sac.toml"
+    spec.write_text(
+        """
+command = "sac"
+seeds = 2
+[base]
+env = "Pendulum-v1"
+hidden-sizes = [16, 16]
+batch-size = 32
+warmup-steps = 100
+total-steps = 400
+plasticity-every = 200
+probe-size = 32
+progress = false
+[settings.cbp]
+preset = "cbp"
+maturity-threshold = 10
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "sweep"
+    assert main([str(spec), "--out", str(out), "--num-cpus", "2"]) == 0
+    views = run_states(out)
+    assert [view.name for view in views] == ["cbp-s0", "cbp-s1"]
+    for view in views:
+        assert (view.state, view.step, view.total, view.metric) == ("done", 400, 400, "return")
+        with open(out / "runs" / view.name / "episodes.csv", newline="", encoding="utf-8") as f:
+            returns = [float(row["return"]) for row in csv.DictReader(f)]
+        assert len(returns) == 2  # Pendulum's episodes are 200 steps long
+        assert view.value == pytest.approx(np.mean(returns), rel=1e-6)
+    capsys.readouterr()
+    assert plot.main([str(out)]) == 0
+    written = {Path(line).name for line in capsys.readouterr().out.split()}
+    assert {
+        "return.png",
+        "actor_dead_units.png",
+        "q1_dead_units.png",
+        "q2_stable_rank.png",
+    } <= written
