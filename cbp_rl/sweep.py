@@ -765,19 +765,22 @@ def estimate(
     """Measure each setting's CPU cost by running its first run's command briefly (child CPU
     time, ``getrusage``): RL at ``units`` and 3 x ``units`` steps (the slope is the cost per
     step), pmnist at 1 task of ``units`` and of 2 x ``units`` examples and 2 tasks of
-    ``units`` (slope per example, cost per task start); extrapolated to the whole budget."""
+    ``units`` (slope per example, cost per task start; ``units`` at least the run's probe size,
+    which every short run keeps); extrapolated to the whole budget."""
     results = []
     for setting in spec.settings:
         members = [run for run in runs if run.setting == setting.name]
         first = members[0]
         config = spec.command.parse(list(first.argv))
         if spec.command.name == "pmnist":
-            size = units or 1000
-            c1, _ = _measure(spec, first, ["--tasks", "1", "--examples-per-task", str(size)], work)
-            c2, _ = _measure(
-                spec, first, ["--tasks", "1", "--examples-per-task", str(2 * size)], work
-            )
-            c3, _ = _measure(spec, first, ["--tasks", "2", "--examples-per-task", str(size)], work)
+            # The task-start probe takes min(probe_examples, examples per task) examples: the
+            # short runs probe as many as the real run, so its cost lands in per_task only.
+            probe = min(config.measures.probe_examples, config.examples_per_task)
+            size = max(units or 1000, probe)
+
+            c1, _ = _measure(spec, first, _pmnist_budget(1, size, probe), work)
+            c2, _ = _measure(spec, first, _pmnist_budget(1, 2 * size, probe), work)
+            c3, _ = _measure(spec, first, _pmnist_budget(2, size, probe), work)
             per_unit = max(0.0, (c2 - c1) / size)
             per_task = max(0.0, c3 - c2)
             fixed = max(0.0, c1 - per_unit * size - per_task)
@@ -798,6 +801,14 @@ def estimate(
             flush=True,
         )
     return results
+
+
+def _pmnist_budget(tasks: int, examples: int, probe: int) -> list[str]:
+    """The flags of a short pmnist run for :func:`estimate`."""
+    return [
+        *("--tasks", str(tasks), "--examples-per-task", str(examples)),
+        *("--probe-examples", str(probe)),
+    ]
 
 
 def _measure(spec: SweepSpec, run: RunSpec, budget: list[str], work: Path) -> tuple[float, int]:

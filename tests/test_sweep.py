@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from cbp_rl import plot
+from cbp_rl import sweep as sweep_module
 from cbp_rl.checkpoint import load_checkpoint
 from cbp_rl.logging import read_run_status
 from cbp_rl.sweep import Driver, SweepPaths, load_manifest, main, run_states, write_manifest
@@ -448,3 +449,39 @@ maturity-threshold = 10
         "q1_dead_units.png",
         "q2_stable_rank.png",
     } <= written
+
+
+def test_estimate_separates_per_example_and_per_task_costs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path
+) -> None:
+    """The pmnist estimate recovers a known cost model: every short run probes as many examples
+    as the real run (so the probe's cost is a per-task cost, not a per-example one), and the
+    extrapolation is fixed + per example x examples + per task x tasks."""
+    spec = load_spec(pmnist_spec(tmp_path / "spec.toml", mnist_dir))
+    budgets: list[list[str]] = []
+
+    def fake_measure(spec: SweepSpec, run: Any, budget: list[str], work: Path) -> tuple[float, int]:
+        budgets.append(budget)
+        flags = dict(zip(budget[::2], budget[1::2], strict=True))
+        tasks, examples = int(flags["--tasks"]), int(flags["--examples-per-task"])
+        probe = int(flags["--probe-examples"])
+        seconds = 2.0 + 0.004 * tasks * examples + tasks * (0.5 + 0.001 * probe)
+        return seconds, tasks * examples
+
+    monkeypatch.setattr(sweep_module, "_measure", fake_measure)
+    (result,) = sweep_module.estimate(spec, expand(spec), units=100, work=tmp_path)
+    probe = min(2000, EXAMPLES)  # the spec's examples per task bound its probe
+    assert {b[b.index("--probe-examples") + 1] for b in budgets} == {str(probe)}
+    assert result.per_unit == pytest.approx(0.004)
+    assert result.per_task == pytest.approx(0.5 + 0.001 * probe)
+    assert result.fixed == pytest.approx(2.0)
+    total = TASKS * EXAMPLES
+    assert result.per_run == pytest.approx(2.0 + 0.004 * total + TASKS * (0.5 + 0.001 * probe))
+    assert result.runs == 2
+
+
+def test_estimate_times_real_short_runs(tmp_path: Path, mnist_dir: Path) -> None:
+    """The real measurement: short runs of the spec's command, positive CPU costs."""
+    spec = load_spec(pmnist_spec(tmp_path / "spec.toml", mnist_dir))
+    (result,) = sweep_module.estimate(spec, expand(spec), units=50, work=tmp_path)
+    assert result.per_unit > 0 and result.per_run > result.per_unit * TASKS * EXAMPLES
