@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,9 +43,11 @@ def train(*argv: str) -> int:
 
 
 def same(a: Any, b: Any, where: str = "state") -> None:
-    """Assert two checkpoint states are equal, tensors bit for bit."""
+    """Assert two checkpoint states are equal, tensors and arrays bit for bit (NaN equal NaN)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for key in a:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+from test_ppo_runs import same
 
 from cbp_rl import plot
 from cbp_rl import sweep as sweep_module
@@ -77,24 +77,6 @@ def training_state(run_dir: Path) -> dict[str, Any]:
     with np.load(run_dir / "results.npz") as data:
         results = {name: data[name] for name in data.files}
     return {"results": results, **{k: state[k] for k in ("engine", "stream", "task", "position")}}
-
-
-def same(a: Any, b: Any, where: str = "state") -> None:
-    """Equal, tensors and arrays bit for bit (NaN equal to NaN)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def assert_like_reference(sweep: Path, reference: Path) -> None:
