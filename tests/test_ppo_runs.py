@@ -60,6 +60,30 @@ def same(a: Any, b: Any, where: str = "state") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+LAYER_MEASURES = (
+    "dead_units",
+    "dormant",
+    "effective_rank",
+    "rank99",
+    "stable_rank",
+    "weight_magnitude",
+    "weight_change",
+    "grad_norm",
+    "replacements",
+)
+"""Per-hidden-layer plasticity tags every RL command logs, written out here on purpose."""
+
+
+def plasticity_tags(nets: tuple[str, ...], *, hidden_layers: int) -> list[str]:
+    """``plasticity/<net>/<measure>/<layer>`` for every net, measure and hidden layer."""
+    return [
+        f"plasticity/{net}/{measure}/{layer}"
+        for net in nets
+        for measure in LAYER_MEASURES
+        for layer in range(hidden_layers)
+    ]
+
+
 def training_state(run_dir: Path) -> dict[str, Any]:
     """What training produced: the agent and the envs (without the MjData bytes, which also hold
     scratch memory), from the run's checkpoint."""
@@ -104,19 +128,7 @@ def test_cli_smoke_run_on_ant_writes_event_files_with_every_metric(tmp_path: Pat
         "train/replaced_units",
         "plasticity/policy/action_saturation",
     ]
-    for net in ("policy", "value"):
-        for measure in (
-            "dead_units",
-            "dormant",
-            "effective_rank",
-            "rank99",
-            "stable_rank",
-            "weight_magnitude",
-            "weight_change",
-            "grad_norm",
-            "replacements",
-        ):
-            expected += [f"plasticity/{net}/{measure}/0", f"plasticity/{net}/{measure}/1"]
+    expected += plasticity_tags(("policy", "value"), hidden_layers=2)
     missing = [tag for tag in expected if tag not in scalars]
     assert not missing, f"tags not logged: {missing}"
     assert [step for step, _ in scalars["train/policy_loss"]] == [1024, 2048]

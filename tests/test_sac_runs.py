@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ppo_runs import same
+from test_ppo_runs import plasticity_tags, same
 
 from cbp_rl import evaluate
 from cbp_rl.agents import sac_command
@@ -89,19 +89,7 @@ def test_a_cbp_run_logs_every_metric(cbp_run: Path) -> None:
         "plasticity/actor/action_saturation",
         "plasticity/actor/log_std",
     ]
-    for net in ("actor", "q1", "q2"):
-        for measure in (
-            "dead_units",
-            "dormant",
-            "effective_rank",
-            "rank99",
-            "stable_rank",
-            "weight_magnitude",
-            "weight_change",
-            "grad_norm",
-            "replacements",
-        ):
-            expected += [f"plasticity/{net}/{measure}/0", f"plasticity/{net}/{measure}/1"]
+    expected += plasticity_tags(("actor", "q1", "q2"), hidden_layers=2)
     missing = [tag for tag in expected if tag not in scalars]
     assert not missing, f"tags not logged: {missing}"
     assert [step for step, _ in scalars["charts/updates"]] == [100, 200, 300, 400, 500]
