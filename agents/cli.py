@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import tyro
 
 from cbp_rl.agents.config import config_from_dict
-from cbp_rl.checkpoint import CheckpointError
-from cbp_rl.logging import read_config
+from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.logging import read_config
 
 __all__ = ["UsageError", "flag_value", "load_run_config", "parse_config", "run_command"]
 

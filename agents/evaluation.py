@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbp_rl.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from cbp_rl.envs.vector import describe_env, make_sub_env, seeded_env_kwargs, sub_env_kwargs
-from cbp_rl.runtime import resolve_device
+from cbp_rl.run.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from cbp_rl.run.runtime import resolve_device
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 

@@ -46,9 +46,9 @@ from cbp_rl.agents.runner import (
     derive_seed,
     episodes_from_infos,
 )
-from cbp_rl.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
+from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 
 __all__ = [
     "GaussianPolicy",

@@ -13,7 +13,7 @@ logging after each iteration: the agent's scalars, finished episodes (TensorBoar
 ``episodes.csv``), the env protocol's ``env/<key>`` values, steps per second, and every
 ``plasticity_every`` steps the plasticity measures of each named network on a probe batch.
 It writes a checkpoint every ``checkpoint_every`` steps and on exit, including after SIGINT or
-SIGTERM (:class:`~cbp_rl.runtime.GracefulStop`), holding the agent, the environments (exact
+SIGTERM (:class:`~cbp_rl.run.runtime.GracefulStop`), holding the agent, the environments (exact
 MuJoCo snapshots, schedules, episode statistics), every RNG and the logging position, so a
 resumed run continues exactly as an uninterrupted one.
 """
@@ -35,14 +35,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    capture_rng_state,
-    check_compatible,
-    restore_rng_state,
-    to_jsonable,
-)
 from cbp_rl.envs.vector import (
     EnvDescription,
     capture_vector_state,
@@ -53,9 +45,17 @@ from cbp_rl.envs.vector import (
     seeded_env_kwargs,
     sub_env_kwargs,
 )
-from cbp_rl.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
 from cbp_rl.metrics import PlasticityProbe
-from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+from cbp_rl.run.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_compatible,
+    restore_rng_state,
+    to_jsonable,
+)
+from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
+from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
 
 if TYPE_CHECKING:
     from cbp_rl.agents.config import RunSettings

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import tyro
 
-from cbp_rl.checkpoint import CheckpointError
-from cbp_rl.runtime import quiet_superseded_env_notices
+from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.runtime import quiet_superseded_env_notices
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from cbp_rl.runtime import quiet_superseded_env_notices
+from cbp_rl.run.runtime import quiet_superseded_env_notices
 
 
 class Command(NamedTuple):

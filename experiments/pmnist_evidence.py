@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cbp_rl.plot import main as plot_main
+from cbp_rl.lab.plot import main as plot_main
 from cbp_rl.supervised.config import (
     CBPFlags,
     DataConfig,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import tyro
 
-from cbp_rl.checkpoint import CheckpointError
-from cbp_rl.logging import CONFIG_FILE
+from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.experiment import run

@@ -37,9 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig, GenerateAndTest, Replacement, UnitLayout, reinit_units
-from cbp_rl.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.methods import ShrinkAndPerturb
 from cbp_rl.nets import activation_gain, init_bound, make_activation, validate_init
+from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.supervised import onlinenorm
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.onlinenorm import NormCache, NormState, OnlineNorm1d, OnlineNormConfig

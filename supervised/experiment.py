@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbp_rl.checkpoint import (
+from cbp_rl.run.checkpoint import (
     CheckpointError,
     CheckpointManager,
     capture_rng_state,
     check_compatible,
     to_jsonable,
 )
-from cbp_rl.logging import RunLogger, RunStatusWriter
-from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.run.logging import RunLogger, RunStatusWriter
+from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cbp_rl.checkpoint import atomic_write
+from cbp_rl.run.checkpoint import atomic_write
 
 RESULTS_FILE = "results.npz"
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cbp_rl.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 
 STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo")
 """Named random streams of one seed; each gets its own generator seeded by :func:`derive_seed`."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbp_rl.aggregate import (
+from cbp_rl.lab.aggregate import (
     Series,
     align,
     band,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from cbp_rl.checkpoint import (
+from cbp_rl.run.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,

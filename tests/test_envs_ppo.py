@@ -7,7 +7,7 @@ from pathlib import Path
 
 from test_ppo_runs import same, train, training_state
 
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.logging import read_scalars
 
 FLAGS = [
     "--env", "SlipperyAnt-v5",

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from cbp_rl.checkpoint import load_checkpoint, save_checkpoint
 from cbp_rl.envs import (
     FrictionSchedule,
     ListValues,
@@ -21,6 +20,7 @@ from cbp_rl.envs import (
     SetParameter,
     mujoco_model,
 )
+from cbp_rl.run.checkpoint import load_checkpoint, save_checkpoint
 
 VALUES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
 

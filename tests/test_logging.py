@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl.checkpoint import CheckpointError, CheckpointManager
-from cbp_rl.logging import RunLogger, read_config, read_scalars, write_json_atomic
+from cbp_rl.run.checkpoint import CheckpointError, CheckpointManager
+from cbp_rl.run.logging import RunLogger, read_config, read_scalars, write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)

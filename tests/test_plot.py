@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbp_rl.logging import RunLogger
-from cbp_rl.plot import (
+from cbp_rl.lab.plot import (
     Series,
     binned,
     combine,
@@ -19,6 +18,7 @@ from cbp_rl.plot import (
     main,
     mean_and_stderr,
 )
+from cbp_rl.run.logging import RunLogger
 from cbp_rl.supervised.results import RunResults
 
 pytestmark = pytest.mark.usefixtures("single_thread")

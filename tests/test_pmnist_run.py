@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl.checkpoint import load_checkpoint
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.checkpoint import load_checkpoint
+from cbp_rl.run.logging import read_scalars
 from cbp_rl.supervised.command import main
 from cbp_rl.supervised.config import (
     LEARNER_NAMES,

@@ -8,7 +8,7 @@ import pytest
 
 from cbp_rl.agents import ppo_command
 from cbp_rl.agents.evaluation import evaluate_run
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.logging import read_scalars
 
 
 @pytest.mark.slow

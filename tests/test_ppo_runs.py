@@ -22,8 +22,8 @@ import torch
 
 from cbp_rl import evaluate
 from cbp_rl.agents import ppo_command
-from cbp_rl.checkpoint import load_checkpoint
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.checkpoint import load_checkpoint
+from cbp_rl.run.logging import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 

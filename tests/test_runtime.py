@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cbp_rl import runtime
-from cbp_rl.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
 
 
 def _wait_for(stop: GracefulStop) -> None:

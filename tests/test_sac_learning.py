@@ -14,7 +14,7 @@ import pytest
 
 from cbp_rl.agents import sac_command
 from cbp_rl.agents.evaluation import evaluate_run
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.logging import read_scalars
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,8 +15,8 @@ from test_ppo_runs import plasticity_tags, same
 
 from cbp_rl import evaluate
 from cbp_rl.agents import sac_command
-from cbp_rl.checkpoint import load_checkpoint
-from cbp_rl.logging import read_scalars
+from cbp_rl.run.checkpoint import load_checkpoint
+from cbp_rl.run.logging import read_scalars
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""ruff and mypy, configured in pyproject.toml, are clean.
+"""ruff, mypy and the import layers (import-linter), configured in pyproject.toml, are clean.
 
 mypy cannot follow setuptools' editable-install finder, which maps ``agents/`` to
 ``cbp_rl.agents`` and so on; it checks a symlink view of the installed layout instead.
@@ -51,3 +51,23 @@ def test_mypy_is_clean() -> None:
         env={"MYPYPATH": str(view), "PATH": str(Path(sys.executable).parent)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_layers_hold(tmp_path: Path) -> None:
+    """The layer contract of pyproject.toml ([tool.importlinter]), checked on the installed layout.
+
+    Run from outside the checkout, so that ``cbp_rl`` resolves to the view, not to ``./cbp_rl``.
+    """
+    pytest.importorskip("importlinter", reason="import-linter is in the [test] extra")
+    view = installed_layout(ROOT / "build" / "layers")
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint_imports), str(ROOT / "pyproject.toml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(view), "PATH": str(Path(sys.executable).parent)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout

@@ -25,11 +25,11 @@ from test_ppo_runs import same
 
 from cbp_rl import plot
 from cbp_rl import sweep as sweep_module
-from cbp_rl.checkpoint import load_checkpoint
-from cbp_rl.logging import read_run_status
-from cbp_rl.sweep import Driver, SweepPaths, load_manifest, main, run_states, write_manifest
-from cbp_rl.sweep_backends import Attempt, Outcome
-from cbp_rl.sweep_spec import Resources, SweepSpec, expand, load_spec
+from cbp_rl.lab.backends import Attempt, Outcome
+from cbp_rl.lab.spec import Resources, SweepSpec, expand, load_spec
+from cbp_rl.lab.sweep import Driver, SweepPaths, load_manifest, main, run_states, write_manifest
+from cbp_rl.run.checkpoint import load_checkpoint
+from cbp_rl.run.logging import read_run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("cbp-s0", "cbp-s1")
@@ -195,7 +195,7 @@ def test_the_ray_backend_without_ray_says_how_to_get_it(
             sys.executable,
             "-c",
             "import sys; sys.modules['ray'] = None\n"
-            "from cbp_rl.sweep import main\n"
+            "from cbp_rl.lab.sweep import main\n"
             f"sys.exit(main([{str(spec)!r}, '--backend', 'ray', '--out', {str(tmp_path)!r}]))",
         ],
         capture_output=True,
@@ -315,7 +315,7 @@ class DyingBackend:
 
 
 def test_a_run_that_keeps_dying_fails_after_max_retries(tmp_path: Path, mnist_dir: Path) -> None:
-    from cbp_rl.sweep import StopSignals
+    from cbp_rl.lab.sweep import StopSignals
 
     spec: SweepSpec = load_spec(pmnist_spec(tmp_path / "spec.toml", mnist_dir, retries=2))
     paths = SweepPaths(tmp_path / "sweep")

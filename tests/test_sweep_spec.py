@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from cbp_rl.sweep import main
-from cbp_rl.sweep_spec import (
+from cbp_rl.lab.spec import (
     COMMANDS,
     Resources,
     SpecError,
@@ -18,7 +17,8 @@ from cbp_rl.sweep_spec import (
     parse_spec,
     parse_value,
 )
-from cbp_rl.sweep_spec import command_flags as flags_of
+from cbp_rl.lab.spec import command_flags as flags_of
+from cbp_rl.lab.sweep import main
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_SPECS = sorted((ROOT / "experiments").glob("*.toml"))

@@ -5,7 +5,7 @@ A run directory holds::
     config.json                 the run's full config (write_json_atomic)
     events.out.tfevents.*       TensorBoard scalars, one file per process (resumes add one)
     episodes.csv                one row per finished episode: step, return, length, ...
-    checkpoint.pt               (cbp_rl.checkpoint.CheckpointManager)
+    checkpoint.pt               (cbp_rl.run.checkpoint.CheckpointManager)
     status.json                 progress for sweeps and status views (RunStatusWriter)
 
 Tags are namespaced, e.g. ``train/approx_kl``, ``charts/episodic_return``,
@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, SupportsFloat
 
-from cbp_rl.checkpoint import CheckpointError, StrPath, atomic_write, to_jsonable
+from cbp_rl.run.checkpoint import CheckpointError, StrPath, atomic_write, to_jsonable
 
 __all__ = [
     "RunLogger",
@@ -60,7 +60,7 @@ STATUS_FILE = "status.json"
 
 
 def write_json_atomic(path: StrPath, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (see ``cbp_rl.checkpoint.atomic_write``).
+    """Write ``obj`` as indented JSON atomically (see ``cbp_rl.run.checkpoint.atomic_write``).
 
     ``obj`` goes through ``to_jsonable`` first: dataclasses become dicts, tuples lists, paths
     strings; anything else not JSON-able raises ``TypeError`` naming its key path.
@@ -121,7 +121,7 @@ class RunLogger:
                 raise FileExistsError(
                     f"{self.run_dir} already holds a run ({', '.join(sorted(existing))}); resume "
                     "it (resume_step/resume_position from its checkpoint) or pick a new directory "
-                    "(cbp_rl.runtime.new_run_dir)"
+                    "(cbp_rl.run.runtime.new_run_dir)"
                 )
         else:
             _truncate_episodes(episodes, resume_position)

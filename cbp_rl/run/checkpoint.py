@@ -3,7 +3,7 @@
 A checkpoint file is ``torch.save`` of one dict, loadable with ``torch.load(weights_only=True)``::
 
     {
-        "format": "cbp_rl.checkpoint",   # marker: FORMAT
+        "format": "cbp_rl.run.checkpoint",   # marker: FORMAT
         "format_version": 1,             # FORMAT_VERSION; a newer file is refused
         "torch_version": "2.x",          # torch that wrote it (information only)
         "saved_at": "2025-01-01T12:00:00+00:00",
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-FORMAT = "cbp_rl.checkpoint"
+FORMAT = "cbp_rl.run.checkpoint"
 FORMAT_VERSION = 1
 
 StrPath = str | os.PathLike[str]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cbp_rl.sweep_spec import Resources
+from cbp_rl.lab.spec import Resources
 
 __all__ = [
     "Attempt",
