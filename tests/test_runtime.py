@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl import runtime
+from cbp_rl.run import runtime
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from test_ppo_runs import same
 
-from cbp_rl import plot
-from cbp_rl import sweep as sweep_module
+from cbp_rl.lab import plot
+from cbp_rl.lab import sweep as sweep_module
 from cbp_rl.lab.backends import Attempt, Outcome
 from cbp_rl.lab.spec import Resources, SweepSpec, expand, load_spec
 from cbp_rl.lab.sweep import Driver, SweepPaths, load_manifest, main, run_states, write_manifest
