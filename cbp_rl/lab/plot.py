@@ -54,6 +54,7 @@ from cbp_rl.lab.aggregate import (
     summarize,
     write_tables,
 )
+from cbp_rl.lab.commands import COMMANDS
 
 RESULTS_FILE = "results.npz"
 CONFIG_FILE = "config.json"
@@ -174,11 +175,11 @@ every hidden unit or weight; ``last``: the last hidden layer), a scale, the figu
 
 
 def read_rl_run(path: Path) -> Run | None:
-    """An RL run directory (``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its
-    event files."""
+    """An RL run directory (its ``config.json`` names a command of :mod:`cbp_rl.lab.commands`:
+    ``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its event files."""
     config = _read_config(path)
     episodes = path / EPISODES_FILE
-    if "algorithm" not in config or not episodes.is_file():
+    if config.get("algorithm") not in COMMANDS or not episodes.is_file():
         return None
     steps, returns = _read_episodes(episodes)
     series = {"return": Series(steps, returns[None, :])}
@@ -197,7 +198,8 @@ def read_rl_run(path: Path) -> Run | None:
             name = f"{net}/{measure}"
             series[name] = Series(source.x, scale * source.values)
             figures[name] = Figure(figure.title.format(net=net), figure.ylabel, STEPS)
-    return Run(path, config, series, figures, performance="return", irregular=frozenset({"return"}))
+    metric = COMMANDS[config["algorithm"]].metric
+    return Run(path, config, series, figures, performance=metric, irregular=frozenset({"return"}))
 
 
 def _layer_tag(series: Mapping[str, Series], prefix: str, layer: str) -> str | None:
