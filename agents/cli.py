@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import tyro
 
-from cbp_rl.agents.config import config_from_dict
 from cbp_rl.envs.vector import check_env_id
 from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure, PolicyLoader
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import read_config
 
 __all__ = [

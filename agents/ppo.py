@@ -43,12 +43,12 @@ from cbp_rl.agents.runner import (
     AgentContext,
     Episode,
     Iteration,
-    derive_seed,
     episodes_from_infos,
 )
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
     "GaussianPolicy",

@@ -32,12 +32,12 @@ from cbp_rl.agents.config import (
     NetworkSettings,
     OptimizerSettings,
     RunSettings,
-    config_from_dict,
 )
 from cbp_rl.agents.normalization import ObservationNormalizer
 from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOConfig, PPOSettings
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.envs.vector import EnvDescription
+from cbp_rl.run.configs import config_from_dict
 
 __all__ = ["COMMAND", "PRESETS", "build_agent", "load_policy", "main", "parse"]
 

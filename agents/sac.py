@@ -53,10 +53,11 @@ from cbp_rl.agents.config import (
 from cbp_rl.agents.methods import PlasticityMethods
 from cbp_rl.agents.networks import build_mlp, build_optimizer, replacement_init
 from cbp_rl.agents.replay import ReplayBatch, ReplayBuffer
-from cbp_rl.agents.runner import AgentContext, Episode, Iteration, derive_seed, episodes_from_infos
+from cbp_rl.agents.runner import AgentContext, Episode, Iteration, episodes_from_infos
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
     "CRITICS",

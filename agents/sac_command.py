@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from cbp_rl.agents.cli import parse_config, rl_command, run_command
-from cbp_rl.agents.config import MethodSettings, config_from_dict
+from cbp_rl.agents.config import MethodSettings
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.agents.sac import SACAgent, SACConfig, SquashedGaussianActor
 from cbp_rl.envs.vector import EnvDescription
+from cbp_rl.run.configs import config_from_dict
 
 __all__ = [
     "COMMAND",

@@ -19,8 +19,9 @@ import tyro
 
 from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import CONFIG_FILE
-from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
+from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.experiment import run
 
@@ -48,7 +49,7 @@ def saved_config(run_dir: Path) -> PermutedMNISTConfig:
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
     try:
-        config: PermutedMNISTConfig = from_dict(PermutedMNISTConfig, values)
+        config = config_from_dict(PermutedMNISTConfig, values)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
             f"config.json does not describe a pmnist run: {err}", path, "check the directory"

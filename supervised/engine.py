@@ -6,7 +6,7 @@ one ``baddbmm`` for all seeds and the SGD update of a batch-1 step is one in-pla
 (the ``[S, out, in]`` / column-vector layout was five times slower in a probe).
 
 Every learner of the thesis's chapter 4 runs here, each seed with its own random streams
-(:func:`cbp_rl.supervised.stream.derive_seed`), so seed ``s`` of a batched run computes what a
+(:func:`cbp_rl.supervised.stream.stream_seed`), so seed ``s`` of a batched run computes what a
 single run with seed ``s`` computes:
 
 * SGD (backprop), with coupled L2 weight decay (``l2``), or Adam (``adam``);
@@ -43,7 +43,7 @@ from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.supervised import onlinenorm
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.onlinenorm import NormCache, NormState, OnlineNorm1d, OnlineNormConfig
-from cbp_rl.supervised.stream import derive_seed, generators_for
+from cbp_rl.supervised.stream import generators_for, stream_seed
 
 _NO_GRAD = torch.no_grad()
 OPTIMIZERS = ("sgd", "adam")
@@ -352,7 +352,7 @@ class BatchedLearner:
                 self._seed_views(s),
                 noise_std=learner.noise_std,
                 shrink=learner.shrink,
-                seed=derive_seed(seed, "noise"),
+                seed=stream_seed(seed, "noise"),
             )
             for s, seed in enumerate(self.seeds)
             if learner.perturbs
@@ -364,7 +364,7 @@ class BatchedLearner:
             self.cbp = GenerateAndTest(
                 [network.width] * self.depth,
                 learner.cbp,
-                seeds=[derive_seed(s, "cbp") for s in self.seeds],
+                seeds=[stream_seed(s, "cbp") for s in self.seeds],
                 num_seeds=self.num_seeds,
                 device=self.device,
                 dtype=dtype,
