@@ -226,11 +226,11 @@ def test_redo_scores_like_the_module_and_reinitializes() -> None:
         engine.biases[0][1, 0, :4] = -1e3
     inputs, labels = data(25, seeds=2)
     engine.train(inputs[:, :10], labels[:, :10])  # the 10th step checks and reinitializes
-    assert engine.redo_reinitialized[1, 0] >= 4
+    assert engine.redo.reinitialized[1, 0] >= 4
     assert torch.all(engine.biases[0][1, 0, :4] == 0)  # reinitialized: zero bias
     assert torch.all(engine.weights[1][1, :4] == 0)  # ... and zero outgoing weights
     engine.train(inputs[:, 10:], labels[:, 10:])
-    assert engine.redo_calls == 25 and engine.redo_examples == 5
+    assert engine.redo.calls == 25 and engine.redo.examples == 5
 
 
 LEARNERS = {

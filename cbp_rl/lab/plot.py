@@ -54,6 +54,7 @@ from cbp_rl.lab.aggregate import (
     write_tables,
 )
 from cbp_rl.lab.commands import COMMANDS
+from cbp_rl.run.checkpoint import flatten_dict
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
 from cbp_rl.supervised.results import RESULTS_FILE
 
@@ -299,22 +300,11 @@ def load_sweep(path: str | os.PathLike[str], *, prefix: str = "") -> list[Run]:
 # --------------------------------------------------------------------------- grouping
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _setting(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config fields that define a setting (seeds and bookkeeping removed)."""
     return {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flatten_dict(config).items()
         if not any(key == i or key.startswith(f"{i}.") for i in IGNORED_CONFIG_KEYS)
     }
 
