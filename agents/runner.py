@@ -67,15 +67,29 @@ if TYPE_CHECKING:
     from cbp_rl.agents.config import RunSettings
 
 __all__ = [
+    "METRIC",
+    "UNIT",
     "Agent",
     "AgentContext",
     "Episode",
     "Iteration",
     "PlasticityMonitor",
     "PreparedRun",
+    "budget",
     "episodes_from_infos",
     "prepare_run",
 ]
+
+METRIC = "return"
+"""The performance measure of an RL run: its episodes' returns."""
+UNIT = "steps"
+"""What an RL run's budget counts: environment steps, all sub-envs together."""
+
+
+def budget(config: Any) -> int:
+    """An RL run's budget in :data:`UNIT` (``--total-steps``)."""
+    return int(config.run.total_steps)
+
 
 RESUME_IGNORE_RUN = (
     "run.total_steps",
@@ -381,7 +395,11 @@ class _Execution:
                 resume_position=state["log_position"],
             )
         self.status = RunStatusWriter(
-            self.run_dir, command=prepared.algorithm, total=run.total_steps, metric="return"
+            self.run_dir,
+            command=prepared.algorithm,
+            total=budget(self.config),
+            unit=UNIT,
+            metric=METRIC,
         )
         print(
             f"{prepared.algorithm} on {run.env}: run directory {self.run_dir}"
