@@ -60,7 +60,7 @@ _NO_LIMIT = 2**30
 _RENAMED = {"use_contact_forces": "use_contact_force"}
 """Gymnasium keyword arguments that EnvPool spells differently (same meaning)."""
 
-_NOT_PASSED = ("xml_file", "frame_skip", "render_mode", "width", "height", "camera_id")
+_NOT_PASSED = ("xml_file", "render_mode", "width", "height", "camera_id")
 """Gymnasium keyword arguments that cannot mean the same in EnvPool (its own assets, no
 rendering here)."""
 
@@ -210,6 +210,7 @@ class EnvPoolVectorEnv(VectorEnv):
         self.max_episode_steps = max_episode_steps
         self.single_observation_space = observation_space
         self.single_action_space = action_space
+        self._boxes = {"observation": observation_space, "action": action_space}
         self.observation_space = gym.vector.utils.batch_space(observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(action_space, num_envs)
         self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
@@ -235,15 +236,18 @@ class EnvPoolVectorEnv(VectorEnv):
         )
 
     def _check_spaces(self) -> None:
-        for what, ours, theirs in (
-            ("observation", self.single_observation_space, self._pool.observation_space),
-            ("action", self.single_action_space, self._pool.action_space),
-        ):
+        theirs_by_kind = {
+            "observation": self._pool.observation_space,
+            "action": self._pool.action_space,
+        }
+        for what, theirs in theirs_by_kind.items():
+            ours = self._boxes[what]
             if not (
                 isinstance(theirs, gym.spaces.Box)
                 and ours.shape == theirs.shape
-                and np.array_equal(ours.low, theirs.low)
-                and np.array_equal(ours.high, theirs.high)
+                # bounds compared in Gymnasium's dtype (its float32 actions round EnvPool's)
+                and np.array_equal(ours.low, theirs.low.astype(ours.dtype))
+                and np.array_equal(ours.high, theirs.high.astype(ours.dtype))
             ):
                 self.close()
                 raise ValueError(
@@ -277,11 +281,11 @@ class EnvPoolVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         self._check_open()
         batch = np.asarray(actions, dtype=np.float64).reshape(
-            self.num_envs, *self.single_action_space.shape
+            self.num_envs, *self._boxes["action"].shape
         )
         observations, rewards, terminated, _, info = self._pool.step(batch)
         order = np.argsort(info["env_id"])
-        observations = np.array(observations[order], dtype=self.single_observation_space.dtype)
+        observations = np.array(observations[order], dtype=self._boxes["observation"].dtype)
         rewards = np.asarray(rewards[order], dtype=np.float64)
         terminated = np.asarray(terminated[order], dtype=bool)
         self._elapsed += 1
@@ -303,9 +307,10 @@ class EnvPoolVectorEnv(VectorEnv):
         return observations, rewards, terminated, truncated, infos
 
     def _ordered(self, observations: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        result = np.empty((self.num_envs, *self.single_observation_space.shape))
+        box = self._boxes["observation"]
+        result = np.empty((self.num_envs, *box.shape), dtype=box.dtype)
         result[info["env_id"]] = observations
-        return result.astype(self.single_observation_space.dtype, copy=False)
+        return result
 
     def _check_open(self) -> None:
         if self.closed:
@@ -409,4 +414,3 @@ def restore_pool_state(envs: Any, env_id: str, state: dict[str, Any], seed: int)
     if stats is not None:
         stats.episode_count = int(state["episode_count"])
     return np.asarray(observations)
-

@@ -395,9 +395,7 @@ def make_vector_env(
     if mode == "envpool":
         from cbp_rl.envs.envpool_backend import make_envpool_vector_env
 
-        return make_envpool_vector_env(
-            env_id, num_envs, num_threads=workers, env_kwargs=env_kwargs
-        )
+        return make_envpool_vector_env(env_id, num_envs, num_threads=workers, env_kwargs=env_kwargs)
     kwargs = {**(env_kwargs or {}), **sub_env_kwargs(env_id, num_envs)}
     fns = [functools.partial(make_sub_env, env_id, kwargs) for _ in range(num_envs)]
     envs: VectorEnv
