@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
-from cbp_rl.envs.vector import _episode_statistics
+from cbp_rl.envs.vector import _episode_statistics, resolve_vector_mode
 
 __all__ = [
     "ENVPOOL_MODE",
@@ -80,9 +79,9 @@ def _envpool() -> Any:
 
 def envpool_task_ids() -> tuple[str, ...]:
     """The Gymnasium MuJoCo ids EnvPool implements (``Ant-v4``, ``Hopper-v5``, ...)."""
+    _envpool()
     from envpool.registration import registry
 
-    _envpool()
     return tuple(
         sorted(
             task_id
@@ -109,14 +108,14 @@ def envpool_make_kwargs(
     equivalent in EnvPool. ``max_episode_steps`` is not passed on: the time limit is
     :class:`EnvPoolVectorEnv`'s.
     """
-    if has_schedule or env_id.startswith("SlipperyAnt") or not _is_gymnasium_mujoco(env_id):
-        if has_schedule or env_id.startswith("SlipperyAnt"):
-            why = (
-                f"{env_id} changes its MuJoCo model while it runs (friction or another physics "
-                "parameter on a schedule), which only Gymnasium's MuJoCo envs allow"
-            )
-        else:
-            why = f"{env_id} is not one of Gymnasium's own MuJoCo environments"
+    edits_model = has_schedule or env_id.startswith("SlipperyAnt")
+    if edits_model or not _is_gymnasium_mujoco(env_id):
+        why = (
+            f"{env_id} changes its MuJoCo model while it runs (friction or another physics "
+            "parameter on a schedule), which only Gymnasium's MuJoCo envs allow"
+            if edits_model
+            else f"{env_id} is not one of Gymnasium's own MuJoCo environments"
+        )
         raise ValueError(
             f"--vector-mode envpool cannot run {env_id}: {why}. EnvPool runs the stationary "
             f"Gymnasium MuJoCo ids (Ant-v4, Hopper-v4, ...); use {GYMNASIUM_VECTOR_MODES}"
@@ -360,8 +359,7 @@ def make_envpool_vector_env(
         action_space, gym.spaces.Box
     ):
         raise ValueError(f"{env_id}: EnvPoolVectorEnv supports Box spaces only")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = min(num_envs, num_threads or max(1, cores or 1))
+    _, threads = resolve_vector_mode(ENVPOOL_MODE, num_envs, num_threads)
     envs = EnvPoolVectorEnv(
         env_id,
         num_envs,

@@ -62,7 +62,10 @@ GYMNASIUM_IDS = [i for i in envpool_task_ids() if i.endswith(("-v4", "-v5"))]
 
 
 @pytest.mark.parametrize("env_id", GYMNASIUM_IDS)
-def test_spaces_and_time_limit_are_gymnasiums(env_id: str) -> None:
+def test_spaces_and_time_limit_are_gymnasiums(
+    env_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to ./MUJOCO_LOG.TXT
     try:
         reference = gym.make(env_id)
     except ImportError as err:  # Pusher-v4 and Reacher-v4 need mujoco < 3 in Gymnasium
@@ -329,3 +332,13 @@ def test_resuming_on_the_other_simulator_is_refused(
     code = ppo_command.main(["--resume", str(run), "--total-steps", "512", "--vector-mode", "sync"])
     assert code == 2
     assert "resume it with --vector-mode envpool" in capsys.readouterr().err
+
+
+def test_a_missing_envpool_package_is_named_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cbp_rl.envs import envpool_backend
+
+    monkeypatch.setattr(envpool_backend, "envpool_available", lambda: False)
+    assert ppo_command.main(["--env", "Ant-v4", "--vector-mode", "envpool"]) == 2
+    assert "pip install 'cbp_rl[envpool]'" in capsys.readouterr().err
