@@ -14,7 +14,7 @@ pytest.importorskip(
     "envpool", reason="envpool is not installed (pip install 'cbp_rl[envpool]' or '.[test]')"
 )
 
-from test_ppo_runs import same
+from helpers import same
 
 from cbp_rl.agents import ppo_command, sac_command
 from cbp_rl.envs.envpool_backend import envpool_task_ids
@@ -68,7 +68,7 @@ def test_spaces_and_time_limit_are_gymnasiums(
     monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to ./MUJOCO_LOG.TXT
     try:
         reference = gym.make(env_id)
-    except ImportError as err:  # Pusher-v4 and Reacher-v4 need mujoco < 3 in Gymnasium
+    except ImportError as err:  # Gymnasium builds Pusher-v4 only with mujoco < 3
         pytest.skip(f"Gymnasium cannot build {env_id} here: {err}")
     envs = make_vector_env(env_id, 2, mode="envpool")
     try:
