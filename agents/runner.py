@@ -553,7 +553,7 @@ class _Execution:
             agent.load_state_dict(state["agent"])
             if is_envpool(envs):
                 self._restart_envpool_episodes(agent, envs, state)
-                exact = True
+                exact = True  # restarted on purpose, said by its own note
             else:
                 exact = restore_vector_state(envs, self.prepared.description, state["env"])
             self.monitor.load_state_dict(state["monitor"])
