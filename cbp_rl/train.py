@@ -34,6 +34,10 @@ COMMANDS: dict[str, Command] = {
         "cbp_rl.supervised.command",
         "online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
     ),
+    "regression": Command(
+        "cbp_rl.supervised.regression_command",
+        "slowly-changing regression (bit flipping): backprop, L2, shrink-and-perturb, CBP",
+    ),
 }
 
 
