@@ -3,7 +3,7 @@
 A spec (see the README section "Experiments at scale")::
 
     name = "ant_policy_collapse"        # default: the file's stem
-    command = "ppo"                     # ppo, sac or pmnist
+    command = "ppo"                     # ppo, sac, pmnist or regression
     seeds = 30                          # seeds seed_start .. seed_start+29, or a list [0, 4, 9]
     seed_start = 0
     max_retries = 2                     # relaunches of a run that died, each from its checkpoint
@@ -12,7 +12,7 @@ A spec (see the README section "Experiments at scale")::
     [resources]                         # what one run needs (Ray schedules by it)
     cpus = 1
     gpus = 0
-    seeds_per_run = 1                   # pmnist: seeds batched in one process (--seeds)
+    seeds_per_run = 1                   # pmnist, regression: seeds batched in one process
 
     [base]                              # flags of every run, named as on the command line
     env = "Ant-v4"
@@ -180,6 +180,19 @@ COMMANDS: dict[str, Command] = {
         resume_flags=lambda config: ["--tasks", str(config.tasks)],
         seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
         budget_flags=("--tasks",),
+        batches_seeds=True,
+    ),
+    "regression": Command(
+        name="regression",
+        module="cbp_rl.supervised.regression_command",
+        config_class="cbp_rl.supervised.regression_config.RegressionConfig",
+        reserved=("seed", "seeds", "run-dir", "resume"),
+        metric="error",
+        unit="examples",
+        budget=lambda config: int(config.examples),
+        resume_flags=lambda config: ["--examples", str(config.examples)],
+        seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
+        budget_flags=("--examples",),
         batches_seeds=True,
     ),
 }

@@ -766,7 +766,8 @@ def estimate(
     time, ``getrusage``): RL at ``units`` and 3 x ``units`` steps (the slope is the cost per
     step), pmnist at 1 task of ``units`` and of 2 x ``units`` examples and 2 tasks of
     ``units`` (slope per example, cost per task start; ``units`` at least the run's probe size,
-    which every short run keeps); extrapolated to the whole budget."""
+    which every short run keeps), regression at ``units`` and 3 x ``units`` examples (whole
+    bins, default one); extrapolated to the whole budget."""
     results = []
     for setting in spec.settings:
         members = [run for run in runs if run.setting == setting.name]
@@ -785,6 +786,15 @@ def estimate(
             per_task = max(0.0, c3 - c2)
             fixed = max(0.0, c1 - per_unit * size - per_task)
             per_run = fixed + per_unit * first.total + per_task * config.tasks
+        elif spec.command.name == "regression":
+            # whole bins (each ends with its measures), 1 and 3 x ``units`` examples
+            size = -(-(units or config.bin_size) // config.bin_size) * config.bin_size
+            c1, s1 = _measure(spec, first, ["--examples", str(size)], work)
+            c2, s2 = _measure(spec, first, ["--examples", str(3 * size)], work)
+            per_unit = max(0.0, (c2 - c1) / max(1, s2 - s1))
+            per_task = 0.0
+            fixed = max(0.0, c1 - per_unit * s1)
+            per_run = fixed + per_unit * first.total
         else:
             size = units or 10_240
             c1, s1 = _measure(spec, first, ["--total-steps", str(size)], work)
@@ -952,7 +962,7 @@ def _main_estimate(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cbp_rl.sweep estimate")
     parser.add_argument("spec", type=Path, metavar="SPEC")
     parser.add_argument(
-        "--units", type=int, help="steps (RL, default 10240) or examples (pmnist, default 1000)"
+        "--units", type=int, help="steps (RL, default 10240) or examples (pmnist, default 1000; regression: one bin)"
     )
     parser.add_argument("--set", action="append", metavar="FLAG=VALUE")
     args = parser.parse_args(argv)
