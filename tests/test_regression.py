@@ -112,9 +112,7 @@ def test_one_learner_step_matches_autograd(activation: str, learner: str, optimi
         network=LearnerNetworkConfig(activation=activation),  # type: ignore[arg-type]
         optim=OptimConfig(optimizer=optimizer),  # type: ignore[arg-type]
     )
-    engine = BatchedLearner(
-        config.network_spec(), config.learner_spec(), [5], loss="squared_error"
-    )
+    engine = BatchedLearner(config.network_spec(), config.learner_spec(), [5], loss="squared_error")
     module = engine.to_module(0)
     x = torch.randint(0, 2, (1, 1, 20), generator=torch.Generator().manual_seed(2)).float()
     y = torch.tensor([[3.0]])
@@ -152,8 +150,8 @@ def small(run_dir: Path, **changes: object) -> RegressionConfig:
     config = RegressionConfig(
         learner="cbp",
         seeds=3,
-        examples=6000,
-        bin_size=1000,
+        examples=4000,
+        bin_size=2000,
         problem=ProblemConfig(flip_after=700),
         cbp=CBPFlags(replacement_rate=1e-2, maturity_threshold=20),
         measures=MeasureConfig(probe_examples=200),
@@ -195,12 +193,14 @@ def test_resume_is_identical(tmp_path: Path, learner: str) -> None:
     whole = small(tmp_path / "whole", learner=learner)
     run(whole, log=lambda _: None)
     parts = small(tmp_path / "parts", learner=learner)
-    first = run(parts, stop_at_examples=2500, log=lambda _: None)  # mid-bin, chunk boundary
-    assert first.stopped and first.bins_done == 2
+    first = run(parts, stop_at_examples=2500, log=lambda _: None)  # at a bin's end
+    assert first.stopped and first.bins_done == 1
     status = json.loads((tmp_path / "parts" / "status.json").read_text())
     assert status["step"] == 2000 and not status["finished"]
+    middle = run(resumed(parts, tmp_path / "parts"), stop_at_examples=3500, log=lambda _: None)
+    assert middle.stopped and middle.bins_done == 1  # stopped mid-bin, at a chunk boundary
     second = run(resumed(parts, tmp_path / "parts"), log=lambda _: None)
-    assert not second.stopped and second.bins_done == 6
+    assert not second.stopped and second.bins_done == 2
     a, b = load_results(tmp_path / "whole"), load_results(tmp_path / "parts")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -211,12 +211,12 @@ def test_resume_is_identical(tmp_path: Path, learner: str) -> None:
     ):
         assert torch.equal(mine, theirs)
     logged = read_scalars(tmp_path / "parts")["bin/error"]
-    assert [step for step, _ in logged] == [1000 * k for k in range(1, 7)]
+    assert [step for step, _ in logged] == [2000, 4000]
     np.testing.assert_allclose([v for _, v in logged], a["errors"].mean(0), rtol=1e-6)
 
 
 def test_run_directory_and_plot(tmp_path: Path) -> None:
-    config = small(tmp_path / "r", seeds=2)
+    config = small(tmp_path / "r", seeds=2, examples=3000, bin_size=500)
     run(config, log=lambda _: None)
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["command"] == "regression" and saved["learner"] == "cbp"
@@ -226,11 +226,16 @@ def test_run_directory_and_plot(tmp_path: Path) -> None:
     assert ((results["dead_units"] >= 0) & (results["dead_units"] <= 1)).all()
     assert ((results["effective_rank"] >= 1) & (results["effective_rank"] <= 5)).all()
     scalars = read_scalars(tmp_path / "r")
-    for tag in ("bin/error", "bin/replacements", "plasticity/dead_units", "plasticity/effective_rank"):
+    for tag in (
+        "bin/error",
+        "bin/replacements",
+        "plasticity/dead_units",
+        "plasticity/effective_rank",
+    ):
         assert len(scalars[tag]) == 6, tag
     loaded = load_run(tmp_path / "r")
     assert loaded.series["error"].values.shape == (2, 6)
-    assert list(loaded.series["error"].x) == [1000.0 * k for k in range(1, 7)]
+    assert list(loaded.series["error"].x) == [500.0 * k for k in range(1, 7)]
     assert {"error", "dead_units", "effective_rank", "weight_magnitude"} <= set(loaded.figures)
 
 
@@ -241,14 +246,14 @@ def test_backprop_learns_the_target(tmp_path: Path) -> None:
         tmp_path / "r",
         learner="bp",
         seeds=2,
-        examples=8000,
+        examples=6000,
         bin_size=2000,
-        problem=ProblemConfig(flip_after=8000),
+        problem=ProblemConfig(flip_after=6000),
     )
     summary = run(config, log=lambda _: None)
     target = TargetNetwork(config.problem.spec(), [0, 1])
     stream = SlowlyChangingInputs(config.problem.spec(), [0, 1])
-    variance = target(stream.next(8000)).var(1)
+    variance = target(stream.next(6000)).var(1)
     assert (summary.errors[:, -1] < 0.5 * variance.numpy()).all(), (summary.errors, variance)
     assert (summary.errors[:, -1] < summary.errors[:, 0]).all()
 
@@ -285,12 +290,14 @@ def test_command_refuses_an_unknown_activation(capsys: pytest.CaptureFixture[str
     assert "activation" in plain(capsys.readouterr().err)
 
 
-def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = small(tmp_path / "r", seeds=1, examples=2000)
+def test_resume_refuses_changed_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = small(tmp_path / "r", seeds=1, examples=1000, bin_size=500, learner="bp")
     run(config, log=lambda _: None)
     assert main(["--resume", str(tmp_path / "r"), "--step-size", "0.1"]) == 2
     assert "optim.step_size" in plain(capsys.readouterr().err)
-    assert main(["--resume", str(tmp_path / "r"), "--examples", "3000", "--no-progress"]) == 0
+    assert main(["--resume", str(tmp_path / "r"), "--examples", "1500", "--no-progress"]) == 0
     assert int(load_results(tmp_path / "r")["bins_done"]) == 3
 
 

@@ -182,7 +182,7 @@ def read_results(path: Path) -> Run | None:
     arrays = _npz_arrays(path)
     if arrays is None or "accuracy" not in arrays:
         return None
-    done = int(arrays.get("tasks_done", arrays["accuracy"].shape[1]))
+    done = int(arrays["tasks_done"]) if "tasks_done" in arrays else arrays["accuracy"].shape[1]
     x = np.arange(1, done + 1, dtype=np.float64)
 
     def take(name: str) -> np.ndarray:

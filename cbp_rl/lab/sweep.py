@@ -962,7 +962,9 @@ def _main_estimate(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cbp_rl.sweep estimate")
     parser.add_argument("spec", type=Path, metavar="SPEC")
     parser.add_argument(
-        "--units", type=int, help="steps (RL, default 10240) or examples (pmnist, default 1000; regression: one bin)"
+        "--units",
+        type=int,
+        help="steps (RL, default 10240) or examples (pmnist, default 1000; regression: one bin)",
     )
     parser.add_argument("--set", action="append", metavar="FLAG=VALUE")
     args = parser.parse_args(argv)
