@@ -1,6 +1,7 @@
 """Speed of slowly-changing regression: 100 batched seeds against one seed of plain autograd.
 
-Run by hand, alone on the machine (``flock /tmp/cbp_bench.lock python benchmarks/bench_regression.py``).
+Run by hand, alone on the machine
+(``flock /tmp/cbp_bench.lock python benchmarks/bench_regression.py``).
 
 For each learner (bp, cbp; ``--learners`` for more), seed-steps per second of the engine that
 ``python -m cbp_rl.train regression`` runs (S seeds, default 100, stacked in one network, the

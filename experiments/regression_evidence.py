@@ -10,7 +10,8 @@ over 20,000 examples; backprop against continual backprop (replacement rate 1e-4
 100, adaptable contribution), every seed of a learner batched in one process. Both learners
 see the same targets and inputs (seed s draws them from its own streams).
 
-A learner whose run directory under ``--out`` is complete is not run again. Prints, per learner,
+A learner whose run directory under ``--out`` is complete is not run again; a stopped one
+(Ctrl+C, SIGTERM) resumes exactly where it stopped. Prints, per learner,
 the binned error (mean over seeds +- standard error) at its best bin and over the last 10% of
 the run, the dead units and effective rank of the hidden layer at the first and last bin, and
 the CPU time the run took; writes ``evidence.json`` and the figures (``python -m cbp_rl.plot``)
@@ -20,6 +21,7 @@ under ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -52,22 +54,29 @@ def complete(run_dir: Path, bins: int) -> bool:
 
 
 def run_learner(learner: str, args: argparse.Namespace) -> float:
-    """Run one learner (unless done); returns the CPU seconds its run took."""
+    """Run one learner (unless done; a stopped run resumes); returns the CPU seconds its run
+    took in all."""
     run_dir = args.out / learner
     cpu_file = args.out / f"{learner}-cpu.json"
     cfg = config(learner, args, run_dir)
-    if complete(run_dir, cfg.bins) and cpu_file.is_file():
-        print(f"{learner}: reusing the finished run in {run_dir}")
-        return float(json.loads(cpu_file.read_text())["cpu_seconds"])
-    if run_dir.exists():
+    spent = {"cpu_seconds": 0.0, "wall_seconds": 0.0}
+    if cpu_file.is_file() and (run_dir / "checkpoint.pt").is_file():
+        spent = json.loads(cpu_file.read_text())
+        if complete(run_dir, cfg.bins):
+            print(f"{learner}: reusing the finished run in {run_dir}")
+            return float(spent["cpu_seconds"])
+        print(f"{learner}: resuming the stopped run in {run_dir}")
+        cfg = dataclasses.replace(cfg, run=RunConfig(resume=run_dir, progress=args.progress))
+    elif run_dir.exists():
         shutil.rmtree(run_dir)
     start, wall = time.process_time(), time.perf_counter()
-    run(cfg, log=lambda _: None)
-    seconds = time.process_time() - start
-    cpu_file.write_text(
-        json.dumps({"cpu_seconds": seconds, "wall_seconds": time.perf_counter() - wall})
-    )
-    return seconds
+    try:
+        run(cfg, log=lambda _: None)
+    finally:
+        spent["cpu_seconds"] += time.process_time() - start
+        spent["wall_seconds"] += time.perf_counter() - wall
+        cpu_file.write_text(json.dumps(spent))
+    return float(spent["cpu_seconds"])
 
 
 def summarize(learner: str, run_dir: Path, seconds: float) -> dict[str, Any]:

@@ -68,7 +68,9 @@ def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> Confi
     return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
 
 
-def run_command(argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]) -> int:
+def run_command(
+    argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]
+) -> int:
     """Parse and run a supervised command; returns the exit code (2 for bad input, with the
     reason on stderr; 1 when ``start`` reports that nothing was done)."""
     args = list(sys.argv[1:] if argv is None else argv)

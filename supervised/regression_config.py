@@ -235,9 +235,7 @@ class RegressionConfig:
 
     def resolved(self, name: str) -> Any:
         """A learner hyperparameter: the flag when given, else the learner's default."""
-        given = {"weight_decay": self.optim.weight_decay, "noise_std": self.perturb.noise_std}[
-            name
-        ]
+        given = {"weight_decay": self.optim.weight_decay, "noise_std": self.perturb.noise_std}[name]
         if given is not None:
             return given
         return LEARNER_DEFAULTS[self.learner].get(name, 0.0)
