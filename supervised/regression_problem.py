@@ -14,7 +14,7 @@ defines it:
   (for a -1 bias it is not quite the count of negative weights that the paper names).
 
 Each seed draws its target from its own ``target`` stream and its inputs from its ``data``
-stream (:func:`cbp_rl.supervised.stream.derive_seed`), so seed ``s`` of a batched run sees the
+stream (:func:`cbp_rl.supervised.stream.stream_seed`), so seed ``s`` of a batched run sees the
 problem a single run with seed ``s`` sees.
 """
 

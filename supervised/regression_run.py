@@ -45,7 +45,7 @@ from cbp_rl.supervised.results import BinnedResults
 from cbp_rl.supervised.seedlogs import SeedLogs
 from cbp_rl.supervised.stream import generators_for
 
-COMMAND = "regression"
+NAME = "regression"
 CHUNK = 1000
 """Examples drawn and trained at once; chunks start at fixed offsets in each bin, and stops
 and checkpoints fall between chunks, so a resumed run computes the same floats."""
@@ -59,7 +59,7 @@ def _stderr(message: str) -> None:
 
 def config_json(config: RegressionConfig) -> dict[str, Any]:
     """What ``config.json`` holds: the command's name and every field."""
-    return {"command": COMMAND, **to_jsonable(config)}
+    return {"command": NAME, **to_jsonable(config)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class RegressionRun:
         self.checkpoints = CheckpointManager(run_dir, every=config.run.checkpoint_every)
         self.logs: SeedLogs | None = None
         self.status = RunStatusWriter(
-            run_dir, command=COMMAND, total=config.examples, unit="examples", metric="error"
+            run_dir, command=NAME, total=config.examples, unit="examples", metric="error"
         )
 
     # ------------------------------------------------------------------ logs
@@ -253,7 +253,7 @@ def prepare(config: RegressionConfig, log: Log = _stderr) -> RegressionRun:
         experiment.open_logs(positions)
         log(f"resuming {run_dir} at example {experiment.examples_done:,}")
         return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / COMMAND, config.label())
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / NAME, config.label())
     experiment = RegressionRun(config, Path(run_dir))
     experiment.open_logs()
     return experiment
@@ -314,4 +314,4 @@ def _run(config: RegressionConfig, stop_at_examples: int | None, log: Log) -> Ru
     return RunSummary(experiment.run_dir, done, stopped, errors)
 
 
-__all__ = ["COMMAND", "RegressionRun", "RunSummary", "config_json", "prepare", "run"]
+__all__ = ["NAME", "RegressionRun", "RunSummary", "config_json", "prepare", "run"]
