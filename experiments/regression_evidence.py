@@ -79,27 +79,34 @@ def run_learner(learner: str, args: argparse.Namespace) -> float:
     return float(spent["cpu_seconds"])
 
 
-def summarize(learner: str, run_dir: Path, seconds: float) -> dict[str, Any]:
+def summarize(
+    learner: str, run_dir: Path, seconds: float, bins: int | None = None
+) -> dict[str, Any]:
+    """The binned error of the finished bins (the first ``bins`` of them, if given): at its
+    best and over the last 10% of them, mean over seeds +- standard error."""
     results = load_results(run_dir)
-    errors = results["errors"]
-    seeds, bins = errors.shape
+    done = int(results["bins_done"]) if bins is None else bins
+    errors = results["errors"][:, :done]
+    seeds = errors.shape[0]
     mean = errors.mean(0)
     stderr = errors.std(0, ddof=1) / np.sqrt(seeds) if seeds > 1 else 0 * mean
     best = int(np.argmin(mean))
-    tail = max(1, round(LAST_FRACTION * bins))
+    tail = max(1, round(LAST_FRACTION * done))
     last = errors[:, -tail:].mean(1)
     last_mean, last_err = float(last.mean()), float(last.std(ddof=1) / np.sqrt(seeds))
-    dead = 100 * results["dead_units"].mean(0)
-    rank = results["effective_rank"].mean(0)
+    dead = 100 * results["dead_units"][:, :done].mean(0)
+    rank = results["effective_rank"][:, :done].mean(0)
     size = int(results["bin_size"])
     print(
-        f"{learner:>4}: {seeds} seeds; best bin (examples {best * size:,}-{(best + 1) * size:,}) "
-        f"{mean[best]:.3f} +- {stderr[best]:.3f}; last {tail} bins {last_mean:.3f} +- "
-        f"{last_err:.3f}; dead units {dead[0]:.1f}% -> {dead[-1]:.1f}%, effective rank "
-        f"{rank[0]:.2f} -> {rank[-1]:.2f}; {seconds / 60:.1f} CPU-minutes"
+        f"{learner:>4}: {seeds} seeds, {done * size:,} examples; best bin (examples "
+        f"{best * size:,}-{(best + 1) * size:,}) {mean[best]:.3f} +- {stderr[best]:.3f}; last "
+        f"{tail} bins {last_mean:.3f} +- {last_err:.3f}; dead units {dead[0]:.1f}% -> "
+        f"{dead[-1]:.1f}%, effective rank {rank[0]:.2f} -> {rank[-1]:.2f}"
+        + (f"; {seconds / 60:.1f} CPU-minutes" if bins is None else "")
     )
     return {
         "seeds": seeds,
+        "examples": done * size,
         "best_bin": best,
         "best_error": float(mean[best]),
         "best_stderr": float(stderr[best]),
@@ -114,6 +121,14 @@ def summarize(learner: str, run_dir: Path, seconds: float) -> dict[str, Any]:
     }
 
 
+def verdict(bp: dict[str, Any], cbp: dict[str, Any]) -> dict[str, bool]:
+    """Whether bp's error rises again from its best (by more than 3 standard errors of its
+    last 10%) while cbp's last 10% stays within 3 standard errors of its best, or below bp's."""
+    rises = bp["last_error"] - bp["best_error"] > 3 * bp["last_stderr"]
+    stays = cbp["last_error"] <= cbp["best_error"] + 3 * cbp["last_stderr"]
+    return {"bp_rises_again": bool(rises), "cbp_stays_low": bool(stays)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/regression-evidence"))
@@ -122,23 +137,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--examples", type=int, default=1_000_000)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="run nothing: summarize what is there"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"slowly-changing regression, ReLU 20-5-1, SGD 0.01, {args.examples:,} examples, "
         f"{args.seeds} seeds"
     )
-    summary = {}
+    summary: dict[str, Any] = {}
     for learner in args.learners:
-        seconds = run_learner(learner, args)
-        summary[learner] = summarize(learner, args.out / learner, seconds)
+        run_dir = args.out / learner
+        if args.summarize_only:
+            cpu_file = args.out / f"{learner}-cpu.json"
+            spent = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {}
+            seconds = float(spent.get("cpu_seconds", float("nan")))
+        else:
+            seconds = run_learner(learner, args)
+        summary[learner] = summarize(learner, run_dir, seconds)
     if {"bp", "cbp"} <= summary.keys():
-        bp, cbp = summary["bp"], summary["cbp"]
-        rises = bp["last_error"] - bp["best_error"] > 3 * bp["last_stderr"]
-        stays = cbp["last_error"] <= cbp["best_error"] + 3 * cbp["last_stderr"]
-        summary["bp_rises_again"] = bool(rises)
-        summary["cbp_stays_low"] = bool(stays)
-        print(f"bp's error rises again: {rises}; cbp's stays low: {stays}")
+        summary.update(verdict(summary["bp"], summary["cbp"]))
+        common = min(summary["bp"]["examples"], summary["cbp"]["examples"])
+        if common < max(summary["bp"]["examples"], summary["cbp"]["examples"]):
+            print(f"over the first {common:,} examples, which both learners finished:")
+            bins = common // int(load_results(args.out / "bp")["bin_size"])
+            paired = {n: summarize(n, args.out / n, 0.0, bins) for n in ("bp", "cbp")}
+            summary["common"] = {"examples": common, **paired, **verdict(*paired.values())}
+        print(
+            f"bp's error rises again: {summary['bp_rises_again']}; "
+            f"cbp's stays low: {summary['cbp_stays_low']}"
+        )
         plot_main([str(args.out / "bp"), str(args.out / "cbp"), "--out", str(args.out / "plots")])
     (args.out / "evidence.json").write_text(json.dumps(summary, indent=2) + "\n")
 
