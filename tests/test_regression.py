@@ -331,3 +331,50 @@ def test_sigterm_stops_the_process_and_resume_finishes(tmp_path: Path) -> None:
     assert b"resuming" in done.stderr
     finished = json.loads(status.read_text())
     assert finished["finished"] and finished["step"] == stopped["step"] + 3000
+
+
+def test_a_regression_sweep_batches_seeds_and_plots(tmp_path: Path) -> None:
+    """A real sweep of the command (local backend): two settings, two seeds batched per run;
+    each run equals the single run of its setting, and the plot command reads the sweep."""
+    from cbp_rl.lab import plot
+    from cbp_rl.lab.sweep import main as sweep_main
+    from cbp_rl.lab.sweep import run_states
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        """
+command = "regression"
+seeds = 2
+
+[resources]
+seeds_per_run = 2
+
+[base]
+examples = 2000
+bin-size = 1000
+probe-examples = 100
+progress = false
+
+[settings.bp]
+learner = "bp"
+
+[settings.cbp]
+learner = "cbp"
+replacement-rate = 0.01
+maturity-threshold = 20
+""",
+        encoding="utf-8",
+    )
+    assert sweep_main([str(spec), "--out", str(tmp_path / "sweep"), "--num-cpus", "2"]) == 0
+    views = run_states(tmp_path / "sweep")
+    assert [(v.name, v.state, v.step, v.metric) for v in views] == [
+        ("bp-s0-1", "done", 2000, "error"),
+        ("cbp-s0-1", "done", 2000, "error"),
+    ]
+    swept = load_results(tmp_path / "sweep" / "runs" / "bp-s0-1")
+    alone = small(tmp_path / "alone", learner="bp", seeds=2, examples=2000, bin_size=1000)
+    alone = dataclasses.replace(alone, problem=ProblemConfig(), measures=MeasureConfig(100))
+    run(alone, log=lambda _: None)
+    np.testing.assert_array_equal(swept["errors"], load_results(tmp_path / "alone")["errors"])
+    assert plot.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "error.png").read_bytes()[:4] == b"\x89PNG"
