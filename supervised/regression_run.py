@@ -127,8 +127,9 @@ class RegressionRun:
             count = min(CHUNK - in_bin % CHUNK, bin_size - in_bin)
             if self.examples_done + count > limit:
                 return
-            inputs = self.stream.next(count).to(self.device)
-            self.engine.train(inputs, self.target(inputs))
+            inputs = self.stream.next(count)  # drawn and labelled on the CPU
+            targets = self.target(inputs)
+            self.engine.train(inputs.to(self.device), targets.to(self.device))
             self.examples_done += count
             progress.update(count, error=self._running_error())
             if self.examples_done % bin_size == 0:
