@@ -86,9 +86,10 @@ class RunSettings:
     num_envs: int = 8
     """Sub-environments stepping in lockstep (the paper used 1; the batch size is what matters)."""
     vector_mode: VectorMode = "auto"
-    """sync (in process), async (a process per env), batched (envs per worker), auto."""
+    """sync (in process), async (a process per env), batched (envs per worker), auto; envpool:
+    EnvPool's C++ MuJoCo envs (pip install 'cbp_rl[envpool]'; no snapshots, see docs/envpool.md)."""
     num_workers: int = 0
-    """Worker processes of the batched vectorizer; 0 = one per CPU core (at most num_envs)."""
+    """Worker processes of batched (threads of envpool); 0 = one per CPU core (at most num_envs)."""
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
     torch_threads: int = 1
