@@ -34,6 +34,14 @@ COMMANDS: dict[str, Command] = {
         "cbp_rl.supervised.command",
         "online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
     ),
+    "continual-imagenet": Command(
+        "cbp_rl.supervised.imagenet",
+        "continual ImageNet: binary tasks for a conv net (bp, l2, snp, cbp)",
+    ),
+    "incremental-cifar": Command(
+        "cbp_rl.supervised.cifar",
+        "class-incremental CIFAR-100 with ResNet-18 (base, head reset, snp, retrain, cbp)",
+    ),
 }
 
 
@@ -50,7 +58,7 @@ def usage() -> str:
     lines = ["usage: python -m cbp_rl.train COMMAND [FLAGS]   (COMMAND --help for its flags)", ""]
     lines.append("commands:")
     for name, command in available_commands().items():
-        lines.append(f"  {name:<8} {command.summary}")
+        lines.append(f"  {name:<18} {command.summary}")
     return "\n".join(lines)
 
 

@@ -227,7 +227,7 @@ def plasticity_measures(
         acts = torch.cat([p[index] for p in parts])
         out["dead_units"][index] = dead_unit_fraction(acts)
         out["dormant_units"][index] = inactive_unit_fraction(acts, dormant_threshold)
-        if index in ranked:
+        if index in ranked and bool(torch.isfinite(acts).all()):
             s = singular_values(activation_matrix(acts))
             out["effective_rank"][index] = effective_rank_from_singular_values(s)
             out["rank99"][index] = approximate_rank_from_singular_values(s, 0.99)
