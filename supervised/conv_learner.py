@@ -25,7 +25,6 @@ from cbp_rl.metrics import (
     dead_unit_fraction,
     effective_rank_from_singular_values,
     inactive_unit_fraction,
-    mean_abs_weight,
     singular_values,
     stable_rank_from_singular_values,
 )
@@ -189,11 +188,26 @@ def weight_layers(net: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     return [m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
 
 
+Collect = Callable[[Tensor], list[Tensor]]
+"""Runs a batch of inputs through the network; each hidden layer's ``[M, units, P]``
+activations."""
+
+
+def hidden_layer_activations(net: nn.Module, layers: Sequence[HiddenLayer]) -> Collect:
+    """Activations of discovered hidden layers (the inputs of their outgoing layers)."""
+
+    def collect(inputs: Tensor) -> list[Tensor]:
+        return probe_activations(net, inputs, layers)
+
+    return collect
+
+
 @torch.no_grad()
 def plasticity_measures(
     net: nn.Module,
-    layers: Sequence[HiddenLayer],
+    collect: Collect,
     inputs: Tensor,
+    weights: Sequence[Tensor],
     *,
     dormant_threshold: float = 0.01,
     rank_layers: Sequence[int] | None = None,
@@ -201,26 +215,22 @@ def plasticity_measures(
 ) -> dict[str, np.ndarray]:
     """The plasticity correlates of a network on probe ``inputs`` (eval mode, no gradients).
 
-    Per hidden layer: ``dead_units`` (fraction zero on every probe example and position),
-    ``dormant_units`` (fraction non-zero on less than ``dormant_threshold`` of them),
-    ``effective_rank``, ``rank99`` (the reference's "stable rank": singular values keeping 99%
-    of their sum) and ``stable_rank`` (``sum s^2 / max s^2``) of the activation matrix, for
-    the layers in ``rank_layers`` (default all; NaN elsewhere). ``weight_magnitude``: mean
-    ``|W|`` of each hidden layer's incoming weights and, last, of the output layer;
-    ``weight_magnitude_all``: mean ``|p|`` over every parameter, biases and norms included (the
-    reference's analysis).
+    Per hidden layer of ``collect``: ``dead_units`` (fraction zero on every probe example and
+    position), ``dormant_units`` (fraction non-zero on less than ``dormant_threshold`` of them),
+    ``effective_rank``, ``rank99`` (the reference's "stable rank": the singular values keeping
+    99% of their sum) and ``stable_rank`` (``sum s^2 / max s^2``) of the activation matrix, for
+    the layers in ``rank_layers`` (default all; NaN elsewhere and for non-finite activations).
+    ``weight_magnitude``: mean ``|W|`` of each of ``weights``; ``weight_magnitude_all``: mean
+    ``|p|`` over every parameter, biases and norms included (the reference's analysis).
     """
     modes = [(m, m.training) for m in net.modules()]
     net.eval()
     try:
-        parts = [
-            probe_activations(net, inputs[s : s + batch_size], layers)
-            for s in range(0, len(inputs), batch_size)
-        ]
+        parts = [collect(inputs[s : s + batch_size]) for s in range(0, len(inputs), batch_size)]
     finally:
         for module, mode in modes:
             module.training = mode
-    count = len(layers)
+    count = len(parts[0])
     out = {name: np.full(count, np.nan) for name in LAYER_MEASURES}
     ranked = range(count) if rank_layers is None else rank_layers
     for index in range(count):
@@ -232,12 +242,10 @@ def plasticity_measures(
             out["effective_rank"][index] = effective_rank_from_singular_values(s)
             out["rank99"][index] = approximate_rank_from_singular_values(s, 0.99)
             out["stable_rank"][index] = stable_rank_from_singular_values(s)
-    weights = [layer.incoming.weight for layer in layers] + [layers[-1].outgoing.weight]
     out["weight_magnitude"] = np.array([float(w.abs().mean()) for w in weights])
     params = list(net.parameters())
     total = sum(float(p.abs().sum()) for p in params)
     out["weight_magnitude_all"] = np.array(total / sum(p.numel() for p in params))
-    out["weight_magnitude_weights"] = np.array(mean_abs_weight(net))
     return out
 
 
@@ -247,5 +255,6 @@ __all__ = [
     "SGDSettings",
     "StepResult",
     "plasticity_measures",
+    "hidden_layer_activations",
     "weight_layers",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.images import DataFormatError
 
 RESULTS_FILE = "results.npz"
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 Log = Callable[[str], None]
 
 
@@ -73,7 +75,10 @@ class RunOptions:
             raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
-        resolve_device(self.device)
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise ValueError(
+                f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
 
 
 # --------------------------------------------------------------------------- results
@@ -170,7 +175,10 @@ class TaskEpochRun(ABC):
         self.every = every
         self.logger: RunLogger | None = None
         self.status = RunStatusWriter(
-            run_dir, command=self.command, total=self.total_steps(), unit="steps",
+            run_dir,
+            command=self.command,
+            total=self.num_tasks() * self.epochs_per_task(),
+            unit="epochs",
             metric="accuracy",
         )
         self.steps_done = 0
@@ -268,7 +276,7 @@ class TaskEpochRun(ABC):
     def report_status(self, *, force: bool = False, stopped_by: str | None = None) -> None:
         done = self.results.tasks_done
         self.status.update(
-            self.steps_done,
+            self.epochs_done(),
             self.last_accuracy(),
             finished=self.task >= self.num_tasks(),
             stopped_by=stopped_by,
@@ -390,6 +398,10 @@ def prepare(
     resumable: Sequence[str],
 ) -> RunT:
     """Build a fresh run, or restore the one in ``config.run.resume``."""
+    try:
+        resolve_device(config.run.device)
+    except RuntimeError as err:  # CUDA asked for but absent: bad input, not a crash
+        raise ValueError(str(err)) from None
     if config.run.resume is not None:
         run_dir = Path(config.run.resume)
         manager = CheckpointManager(run_dir)

@@ -43,6 +43,7 @@ from cbp_rl.supervised.conv_learner import (
     ConvLearner,
     SGDSettings,
     StepResult,
+    hidden_layer_activations,
     plasticity_measures,
 )
 from cbp_rl.supervised.conv_run import (
@@ -323,8 +324,14 @@ class ContinualImageNetRun(TaskEpochRun):
     def _measure(self) -> None:
         assert self.data is not None
         probe = self.data[0][: self.config.probe_examples]
+        weights = [layer.incoming.weight for layer in self.layers]
+        weights.append(self.layers[-1].outgoing.weight)
         measures = plasticity_measures(
-            self.net, self.layers, probe, dormant_threshold=self.config.dormant_threshold
+            self.net,
+            hidden_layer_activations(self.net, self.layers),
+            probe,
+            weights,
+            dormant_threshold=self.config.dormant_threshold,
         )
         for name, values in measures.items():
             if name in self.results.arrays:

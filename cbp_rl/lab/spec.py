@@ -3,11 +3,12 @@
 A spec (see the README section "Experiments at scale")::
 
     name = "ant_policy_collapse"        # default: the file's stem
-    command = "ppo"                     # ppo, sac or pmnist
+    command = "ppo"                     # ppo, sac, pmnist, continual-imagenet, incremental-cifar
     seeds = 30                          # seeds seed_start .. seed_start+29, or a list [0, 4, 9]
     seed_start = 0
     max_retries = 2                     # relaunches of a run that died, each from its checkpoint
     expected_cpu_hours = 9000           # what the whole sweep costs (informational)
+    expected_gpu_hours = 360            # the same on GPUs (continual-imagenet, incremental-cifar)
 
     [resources]                         # what one run needs (Ray schedules by it)
     cpus = 1
@@ -181,6 +182,29 @@ COMMANDS: dict[str, Command] = {
         seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
         budget_flags=("--tasks",),
         batches_seeds=True,
+    ),
+    "continual-imagenet": Command(
+        name="continual-imagenet",
+        module="cbp_rl.supervised.imagenet",
+        config_class="cbp_rl.supervised.imagenet.ContinualImageNetConfig",
+        reserved=("seed", "run-dir", "resume"),
+        metric="accuracy",
+        unit="epochs",
+        budget=lambda config: int(config.tasks * config.epochs),
+        resume_flags=lambda config: ["--tasks", str(config.tasks)],
+        seed_flags=lambda seeds: ["--seed", str(seeds[0])],
+        budget_flags=("--tasks",),
+    ),
+    "incremental-cifar": Command(
+        name="incremental-cifar",
+        module="cbp_rl.supervised.cifar",
+        config_class="cbp_rl.supervised.cifar.IncrementalCifarConfig",
+        reserved=("seed", "run-dir", "resume"),
+        metric="accuracy",
+        unit="epochs",
+        budget=lambda config: int(config.tasks * config.epochs_per_task),
+        resume_flags=lambda config: [],
+        seed_flags=lambda seeds: ["--seed", str(seeds[0])],
     ),
 }
 """The commands a sweep can run, by name."""
@@ -370,6 +394,8 @@ class SweepSpec:
     settings: tuple[Setting, ...]
     max_retries: int = 2
     expected_cpu_hours: float | None = None
+    expected_gpu_hours: float | None = None
+    """What the whole sweep costs on GPUs (informational; the convolutional commands)."""
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     """The TOML document as read."""
@@ -383,6 +409,7 @@ TOP_LEVEL = (
     "seed_start",
     "max_retries",
     "expected_cpu_hours",
+    "expected_gpu_hours",
     "resources",
     "base",
     "settings",
@@ -434,8 +461,10 @@ def parse_spec(
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise SpecError(f"{where}: max_retries must be an integer >= 0, got {retries!r}")
     hours = document.get("expected_cpu_hours")
-    if hours is not None and (not isinstance(hours, int | float) or isinstance(hours, bool)):
-        raise SpecError(f"{where}: expected_cpu_hours must be a number, got {hours!r}")
+    gpu_hours = document.get("expected_gpu_hours")
+    for key, value in (("expected_cpu_hours", hours), ("expected_gpu_hours", gpu_hours)):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise SpecError(f"{where}: {key} must be a number, got {value!r}")
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError(f"{where}: description must be a string")
@@ -468,6 +497,7 @@ def parse_spec(
         settings=tuple(settings),
         max_retries=retries,
         expected_cpu_hours=None if hours is None else float(hours),
+        expected_gpu_hours=None if gpu_hours is None else float(gpu_hours),
         description=description,
         source=dict(document),
     )
