@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig, ContinualBackprop
-from cbp_rl.nets import resnet18
+from cbp_rl.nets import ResNet, resnet18
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.supervised.conv_learner import (
@@ -164,7 +165,9 @@ class IncrementalCifarConfig:
 
     def __post_init__(self) -> None:
         if self.learner not in CIFAR_LEARNERS:
-            raise ValueError(f"unknown learner {self.learner!r}; valid: {', '.join(CIFAR_LEARNERS)}")
+            raise ValueError(
+                f"unknown learner {self.learner!r}; valid: {', '.join(CIFAR_LEARNERS)}"
+            )
         positive = (
             "first_classes", "classes_per_task", "total_classes", "epochs_per_task",
             "train_per_class", "validation_per_class", "batch_size", "eval_batch_size",
@@ -282,7 +285,7 @@ def reference_init_(module: nn.Module) -> None:
             m.bias.zero_()
 
 
-def build_resnet(seed: int) -> nn.Module:
+def build_resnet(seed: int) -> ResNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         net = resnet18(CIFAR_CLASSES, cifar=True)
@@ -291,18 +294,23 @@ def build_resnet(seed: int) -> nn.Module:
 
 
 def cbp_options(policy: ResidualPolicy) -> dict[str, Any]:
-    """The unit discovery of :class:`~cbp_rl.ContinualBackprop` for a ResNet."""
+    """The unit discovery of :class:`~cbp_rl.ContinualBackprop` for a ResNet: from the data
+    flow of an example batch (``example_inputs``), with the reference's chain semantics as
+    ``residual_stream="reference_chain"``."""
     import inspect
 
     parameters = inspect.signature(ContinualBackprop.__init__).parameters
-    if "residual_stream" not in parameters or "example_inputs" not in parameters:
+    needed = "example_inputs" if policy == "safe" else "residual_stream"
+    if needed not in parameters:
         raise ValueError(
-            "this cbp_rl's ContinualBackprop cannot find the units of a residual network yet "
-            "(no residual_stream / example_inputs options): run incremental-cifar without "
-            "--learner cbp, or update cbp_rl"
+            f"this cbp_rl's ContinualBackprop has no {needed}= option, so it cannot find the "
+            "units of a residual network: run incremental-cifar without --learner cbp, or "
+            "with a cbp_rl that has residual-network discovery"
         )
-    stream = "reference_chain" if policy == "reference_chain" else "safe"
-    return {"residual_stream": stream, "example_inputs": torch.zeros(2, 3, 32, 32)}
+    options: dict[str, Any] = {"example_inputs": torch.zeros(2, 3, 32, 32)}
+    if policy == "reference_chain":
+        options = {"residual_stream": "reference_chain"}
+    return options
 
 
 @torch.no_grad()
@@ -368,10 +376,13 @@ class IncrementalCifarRun(TaskEpochRun):
             {
                 name: (config.tasks,)
                 for name in (
-                    "task_test_accuracy", "task_validation_accuracy", "task_train_accuracy",
-                    "best_epoch", "weight_magnitude_all",
+                    "task_test_accuracy",
+                    "task_validation_accuracy",
+                    "task_train_accuracy",
+                    "best_epoch",
+                    "weight_magnitude_all",
                 )
-            }  # fmt: skip
+            }
         )
         shapes.update({name: (config.tasks, layers) for name in LAYER_MEASURES})
         shapes["weight_magnitude"] = (config.tasks, len(self._weights()))
@@ -480,7 +491,9 @@ class IncrementalCifarRun(TaskEpochRun):
             "plasticity/weight_magnitude/all": float(arrays["weight_magnitude_all"][task]),
         }
         for layer in range(self.num_features):
-            values[f"plasticity/dormant_units/{layer}"] = float(arrays["dormant_units"][task, layer])
+            values[f"plasticity/dormant_units/{layer}"] = float(
+                arrays["dormant_units"][task, layer]
+            )
         self.log(values, self.epochs_done())
 
     def begin_epoch(self) -> None:
@@ -592,7 +605,7 @@ def run(config: IncrementalCifarConfig, *, stop_at_steps: int | None = None) -> 
     return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{COMMAND} {config.learner}")
 
 
-def parse(argv: list[str]) -> IncrementalCifarConfig:
+def parse(argv: Sequence[str]) -> IncrementalCifarConfig:
     return parse_config(IncrementalCifarConfig, argv, command=COMMAND)
 
 
@@ -612,5 +625,6 @@ __all__ = [
     "normalize",
     "parse",
     "reference_init_",
+    "resnet_features",
     "run",
 ]

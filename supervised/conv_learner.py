@@ -137,9 +137,7 @@ class ConvLearner:
             param.add_(noise, alpha=self.sgd.noise_std)
 
     @torch.no_grad()
-    def evaluate(
-        self, inputs: Tensor, targets: Tensor, head: Head, batch_size: int
-    ) -> StepResult:
+    def evaluate(self, inputs: Tensor, targets: Tensor, head: Head, batch_size: int) -> StepResult:
         """Summed loss and correct predictions in eval mode (BatchNorm uses running stats)."""
         was_training = self.net.training
         self.net.eval()
@@ -254,7 +252,7 @@ __all__ = [
     "ConvLearner",
     "SGDSettings",
     "StepResult",
-    "plasticity_measures",
     "hidden_layer_activations",
+    "plasticity_measures",
     "weight_layers",
 ]

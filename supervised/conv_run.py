@@ -120,7 +120,8 @@ class ConvResults:
 
         def write(f: Any) -> None:
             buffer = io.BytesIO()
-            np.savez(buffer, **payload)
+            savez: Any = np.savez  # numpy's stubs type **arrays as the allow_pickle flag
+            savez(buffer, **payload)
             f.write(buffer.getvalue())
 
         atomic_write(path, write)
@@ -131,7 +132,9 @@ class ConvResults:
             "kind": self.kind,
             "tasks_done": self.tasks_done,
             "class_names": list(self.class_names),
-            "arrays": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.arrays.items()},
+            "arrays": {
+                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.arrays.items()
+            },
         }
 
     @classmethod

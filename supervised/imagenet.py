@@ -27,6 +27,7 @@ and ``/all``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -227,9 +228,7 @@ class ContinualImageNetRun(TaskEpochRun):
 
     def __init__(self, config: ContinualImageNetConfig, files: list[ClassFile], run_dir: Path):
         self.files = files
-        self.classes = class_order(
-            config.seed, len(files), config.tasks, config.classes_per_task
-        )
+        self.classes = class_order(config.seed, len(files), config.tasks, config.classes_per_task)
         net = build_network(config.seed, config.classes_per_task)
         self.net = net.to(resolve_device(config.run.device))
         self.layers = discover_hidden_layers(self.net)
@@ -394,7 +393,7 @@ class ContinualImageNetRun(TaskEpochRun):
         return float(self.results.arrays["task_test_accuracy"][done - 1]) if done else None
 
     def accuracy_text(self) -> str:
-        loss, correct, examples = self.totals
+        _, correct, examples = self.totals
         return f"{correct / examples:.3f}" if examples else "-"
 
     # ------------------------------------------------------------- checkpoints and logs
@@ -408,7 +407,9 @@ class ContinualImageNetRun(TaskEpochRun):
         return self.task + 1
 
     def relog_after_resume(self) -> None:
-        if self.task_started and np.isfinite(self.results.arrays["weight_magnitude_all"][self.task]):
+        if self.task_started and np.isfinite(
+            self.results.arrays["weight_magnitude_all"][self.task]
+        ):
             self._log_measures(self.task)
 
     def data_identity(self) -> dict[str, Any]:
@@ -426,13 +427,11 @@ def run(config: ContinualImageNetConfig, *, stop_at_steps: int | None = None) ->
     def make(run_dir: Path) -> ContinualImageNetRun:
         return ContinualImageNetRun(config, files, run_dir)
 
-    experiment = prepare(
-        config, make, command=COMMAND, label=config.label(), resumable=RESUMABLE
-    )
+    experiment = prepare(config, make, command=COMMAND, label=config.label(), resumable=RESUMABLE)
     return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{COMMAND} {config.learner}")
 
 
-def parse(argv: list[str]) -> ContinualImageNetConfig:
+def parse(argv: Sequence[str]) -> ContinualImageNetConfig:
     return parse_config(ContinualImageNetConfig, argv, command=COMMAND)
 
 

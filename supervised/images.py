@@ -222,9 +222,7 @@ def _split_of(path: Path, content: dict[str, Any]) -> CifarSplit:
             f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]. {fix}"
         )
     if labels.shape != (data.shape[0],):
-        raise DataFormatError(
-            f"{path}: {labels.shape[0]} labels for {data.shape[0]} images. {fix}"
-        )
+        raise DataFormatError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images. {fix}")
     if labels.size and (labels.min() < 0 or labels.max() >= CIFAR_CLASSES):
         raise DataFormatError(f"{path}: labels outside 0..{CIFAR_CLASSES - 1}. {fix}")
     counts = np.bincount(labels, minlength=CIFAR_CLASSES)
@@ -259,9 +257,7 @@ def _urlopen_to(url: str, target: Path, timeout: float) -> None:
         shutil.copyfileobj(response, out)
 
 
-def download_cifar100(
-    base: Path, *, timeout: float = 60.0, fetch: Fetch = _urlopen_to
-) -> Path:
+def download_cifar100(base: Path, *, timeout: float = 60.0, fetch: Fetch = _urlopen_to) -> Path:
     """Download and unpack the official archive into ``base/cifar-100-python`` (md5-checked)."""
     base.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=base, prefix=".cifar-100-python.", suffix=".tar.gz")
@@ -334,9 +330,9 @@ __all__ = [
     "CIFAR_CLASSES",
     "CIFAR_URL",
     "IMAGENET_SOURCE",
-    "ClassFile",
     "CifarData",
     "CifarSplit",
+    "ClassFile",
     "DataFormatError",
     "check_class_file",
     "download_cifar100",

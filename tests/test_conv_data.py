@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conv_data import write_cifar100, write_imagenet_classes
 
 from cbp_rl.supervised.cifar import augment, normalize
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
+from cbp_rl.supervised.imagenet import class_order
 from cbp_rl.supervised.images import (
     CIFAR_ARCHIVE_MD5,
     DataFormatError,
@@ -22,8 +24,6 @@ from cbp_rl.supervised.images import (
     load_cifar100,
     load_class_images,
 )
-from cbp_rl.supervised.imagenet import class_order
-from conv_data import write_cifar100, write_imagenet_classes
 
 
 def test_channel_last_uint8_and_channel_first_float_give_the_same_pixels(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_bad_class_file_named_with_the_fix(tmp_path: Path, array: np.ndarray, wo
 def test_not_an_npy_file(tmp_path: Path) -> None:
     path = tmp_path / "3.npy"
     path.write_bytes(b"not numpy")
-    with pytest.raises(DataFormatError, match="3.npy is not a readable .npy"):
+    with pytest.raises(DataFormatError, match=r"3\.npy is not a readable \.npy"):
         check_class_file(path)
 
 
@@ -108,7 +108,7 @@ def test_cifar_miniature_loads(tmp_path: Path) -> None:
 
 def test_cifar_md5_mismatch_names_file_and_fix(tmp_path: Path) -> None:
     write_cifar100(tmp_path, train_per_class=1, test_per_class=1)
-    with pytest.raises(ChecksumError, match="train: md5 .* --no-verify-data"):
+    with pytest.raises(ChecksumError, match=r"train: md5 .* --no-verify-data"):
         load_cifar100(tmp_path, download=False)
 
 
@@ -145,7 +145,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path: Path) -> None:
             return (print, ("pwned",))
 
     (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": Evil()}))
-    with pytest.raises(DataFormatError, match="refusing to load builtins.print"):
+    with pytest.raises(DataFormatError, match=r"refusing to load builtins\.print"):
         load_cifar100(tmp_path, download=False, verify=False)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conv_data import write_imagenet_classes
 
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
@@ -25,7 +26,6 @@ from cbp_rl.supervised.imagenet import (
     run,
 )
 from cbp_rl.supervised.images import find_class_files
-from conv_data import write_imagenet_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -58,7 +58,10 @@ def same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 def test_reference_defaults() -> None:
     config = parse([])
     assert (config.tasks, config.epochs, config.batch_size, config.classes_per_task) == (
-        5000, 250, 100, 2
+        5000,
+        250,
+        100,
+        2,
     )
     assert config.sgd().step_size == 0.01 and config.sgd().momentum == 0.9
     l2, snp = parse(["--learner", "l2"]).sgd(), parse(["--learner", "snp"]).sgd()
@@ -66,7 +69,10 @@ def test_reference_defaults() -> None:
     assert (snp.step_size, snp.weight_decay, snp.noise_std) == (0.01, 1e-5, 1e-5)
     cbp = parse(["--learner", "cbp"]).cbp.to_cbp_config()
     assert (cbp.replacement_rate, cbp.maturity_threshold, cbp.utility, cbp.init) == (
-        3e-4, 100, "adaptable_contribution", "default"
+        3e-4,
+        100,
+        "adaptable_contribution",
+        "default",
     )
     assert cbp.accumulate
 
@@ -105,7 +111,9 @@ def test_cbp_run_through_the_command(classes: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("learner", ["bp", "l2", "snp"])
 def test_other_learners_run(classes: Path, tmp_path: Path, learner: str) -> None:
     run_dir = tmp_path / learner
-    code = main([*TINY, "--data-dir", str(classes), "--run-dir", str(run_dir), "--learner", learner])
+    code = main(
+        [*TINY, "--data-dir", str(classes), "--run-dir", str(run_dir), "--learner", learner]
+    )
     assert code == 0
     results = load_conv_results(run_dir)
     assert np.isfinite(results["train_loss"]).all() and np.isfinite(results["dead_units"]).all()
@@ -161,8 +169,10 @@ def test_resume_after_a_stop_mid_epoch_is_exact(classes: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_sigterm_stops_saves_and_resumes_exactly(classes: Path, tmp_path: Path) -> None:
-    flags = [*TINY, "--tasks", "4", "--data-dir", str(classes), "--learner", "cbp",
-             "--maturity-threshold", "3", "--replacement-rate", "0.02", "--checkpoint-every", "1"]  # fmt: skip
+    flags = [
+        *TINY, "--tasks", "4", "--data-dir", str(classes), "--learner", "cbp",
+        "--maturity-threshold", "3", "--replacement-rate", "0.02", "--checkpoint-every", "1",
+    ]  # fmt: skip
     run(parse([*flags, "--run-dir", str(tmp_path / "whole")]))
     run_dir = tmp_path / "cut"
     process = subprocess.Popen(
