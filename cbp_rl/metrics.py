@@ -44,18 +44,19 @@ and returns them as flat keys (``dead_units/0``, ``effective_rank/mean``, ...; s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from cbp_rl.discovery import ExampleInputs, find_hidden_layers
 from cbp_rl.units import (
     WEIGHT_LAYERS,
     HiddenLayer,
     LayerSpec,
     probe_activations,
-    resolve_hidden_layers,
 )
 
 WeightSource = nn.Module | Tensor | Iterable[nn.Module | Tensor]
@@ -398,8 +399,10 @@ def action_saturation(
 class PlasticityProbe:
     """The plasticity measures of a network on a probe batch, as flat ``dict[str, float]`` keys.
 
-    Hidden layer ``i = 0, 1, ...`` (in :func:`cbp_rl.units.discover_hidden_layers` order, or as
-    given in ``layers``) gives, for each selected measure:
+    Hidden layer ``i = 0, 1, ...`` (found as :class:`~cbp_rl.ContinualBackprop` finds them:
+    from the forward pass on ``example_inputs`` (run through ``example_call`` if given, which
+    :meth:`measure` then also uses), in a plain ``nn.Sequential`` chain, or as given in
+    ``layers``) gives, for each selected measure:
 
     - ``dead_units/{i}``, ``dead_units/mean`` (over layers), ``dead_units/all`` (over all units)
     - ``dormant/{i}``, ``dormant/mean``, ``dormant/all``: ReDo ratio with ``dormant_tau``
@@ -426,6 +429,8 @@ class PlasticityProbe:
         *,
         dormant_tau: float = 0.0,
         measures: Collection[str] | None = None,
+        example_inputs: ExampleInputs | None = None,
+        example_call: Callable[..., Any] | None = None,
     ) -> None:
         if dormant_tau < 0:
             raise ValueError(f"dormant_tau must be >= 0, got {dormant_tau}")
@@ -438,7 +443,11 @@ class PlasticityProbe:
                 f"unknown measures {unknown}; valid measures are {', '.join(MEASURES)}"
             )
         self.net = net
-        self.layers: list[HiddenLayer] = resolve_hidden_layers(net, layers)
+        found = find_hidden_layers(
+            net, layers=layers, example_inputs=example_inputs, example_call=example_call
+        )
+        self.layers: list[HiddenLayer] = list(found.hidden)
+        self.call = example_call
         self.dormant_tau = dormant_tau
         self.measures: frozenset[str] = frozenset(chosen)
         names = {id(w): name for name, w in named_weights(net).items()}
@@ -469,7 +478,7 @@ class PlasticityProbe:
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            return probe_activations(self.net, inputs, self.layers)
+            return probe_activations(self.net, inputs, self.layers, self.call)
         finally:
             for module, mode in modes:
                 module.training = mode

@@ -86,8 +86,8 @@ def init_bound(init: str, fan_in: int, fan_out: int, gain: float) -> float:
     return math.sqrt(1.0 / fan_in)
 
 
-def fan_in_out(layer: nn.Linear | nn.Conv2d) -> tuple[int, int]:
-    """(fan_in, fan_out) of a Linear or Conv2d layer."""
+def fan_in_out(layer: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) -> tuple[int, int]:
+    """(fan_in, fan_out) of a Linear or conv layer."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
     receptive = int(math.prod(layer.kernel_size))
@@ -189,10 +189,9 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out += identity
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -223,11 +222,10 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += identity
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
