@@ -76,7 +76,7 @@ STD = (0.2673, 0.2564, 0.2762)
 SCHEDULE = ((0.0, 1.0), (0.3, 0.2), (0.6, 0.2**2), (0.8, 0.2**3))
 """(fraction of the task's epochs, step-size factor): the reference's epochs 0, 60, 120, 160
 of 200."""
-ResidualPolicy = Literal["safe", "reference_chain"]
+ResidualStream = Literal["leave_out", "reference_chain"]
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,11 @@ class CifarCBPFlags:
     """Decay of the running utility."""
     utility: Literal["contribution", "weight"] = "contribution"
     """Utility measure (the reference accepts contribution or weight)."""
-    residual_policy: ResidualPolicy = "safe"
-    """Which units of the ResNet CBP may replace: safe (only units whose every reader is known
-    from the data flow, so a replacement leaves the output unchanged), or reference_chain (the
-    reference's res_gnt.py: every conv and its next conv in registration order, skipping the
-    downsample paths)."""
+    residual_stream: ResidualStream = "leave_out"
+    """Units on the residual stream: leave_out (found from the data flow; units the identity
+    paths also carry are left out, so a replacement leaves the output unchanged), or
+    reference_chain (the reference's res_gnt.py: every conv and the next one in registration
+    order, downsample paths skipped, block outputs included)."""
 
     def to_cbp_config(self) -> CBPConfig:
         return CBPConfig(
@@ -293,24 +293,15 @@ def build_resnet(seed: int) -> ResNet:
     return net
 
 
-def cbp_options(policy: ResidualPolicy) -> dict[str, Any]:
-    """The unit discovery of :class:`~cbp_rl.ContinualBackprop` for a ResNet: from the data
-    flow of an example batch (``example_inputs``), with the reference's chain semantics as
-    ``residual_stream="reference_chain"``."""
-    import inspect
-
-    parameters = inspect.signature(ContinualBackprop.__init__).parameters
-    needed = "example_inputs" if policy == "safe" else "residual_stream"
-    if needed not in parameters:
-        raise ValueError(
-            f"this cbp_rl's ContinualBackprop has no {needed}= option, so it cannot find the "
-            "units of a residual network: run incremental-cifar without --learner cbp, or "
-            "with a cbp_rl that has residual-network discovery"
-        )
-    options: dict[str, Any] = {"example_inputs": torch.zeros(2, 3, 32, 32)}
-    if policy == "reference_chain":
-        options = {"residual_stream": "reference_chain"}
-    return options
+def cbp_options(stream: ResidualStream, device: torch.device) -> dict[str, Any]:
+    """How :class:`~cbp_rl.ContinualBackprop` finds the units of the ResNet: from the data flow
+    of an example batch, or by the reference's chain."""
+    if stream == "reference_chain":
+        return {"residual_stream": "reference_chain"}
+    return {
+        "residual_stream": "leave_out",
+        "example_inputs": torch.zeros(2, 3, 32, 32, device=device),
+    }
 
 
 @torch.no_grad()
@@ -359,7 +350,9 @@ class IncrementalCifarRun(TaskEpochRun):
             noise_seed=derive_seed(config.seed, "noise"),
             cbp=config.cbp.to_cbp_config() if config.learner == "cbp" else None,
             cbp_seed=derive_seed(config.seed, "cbp"),
-            cbp_options=cbp_options(config.cbp.residual_policy) if config.learner == "cbp" else {},
+            cbp_options=(
+                cbp_options(config.cbp.residual_stream, device) if config.learner == "cbp" else {}
+            ),
         )
         self.num_features = len(resnet_features(self.net, torch.zeros(1, 3, 32, 32, device=device)))
         self.augmenter = torch.Generator().manual_seed(derive_seed(config.seed, "augment"))

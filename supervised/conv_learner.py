@@ -88,18 +88,10 @@ class ConvLearner:
         self.noise = torch.Generator(device=device).manual_seed(self.noise_seed)
         self.continual: ContinualBackprop | None = None
         if self.cbp is not None:
-            c = self.cbp
             self.continual = ContinualBackprop(
                 self.net,
                 self.optimizer,
-                replacement_rate=c.replacement_rate,
-                maturity_threshold=c.maturity_threshold,
-                decay_rate=c.decay_rate,
-                utility=c.utility,
-                init=c.init,
-                accumulate=c.accumulate,
-                bias_compensation=c.bias_compensation,
-                magnitude_every=c.magnitude_every,
+                config=self.cbp,
                 seed=self.cbp_seed,
                 **dict(self.cbp_options),
             )

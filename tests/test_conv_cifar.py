@@ -152,3 +152,17 @@ def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["--data-dir", str(tmp_path), "--no-download"]) == 2
     err = capsys.readouterr().err
     assert "cifar-100-python.tar.gz" in err and "--data-dir" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stream", "layers"), [("leave_out", 8), ("reference_chain", 17)])
+def test_cbp_replaces_units_of_resnet18(
+    cifar: Path, tmp_path: Path, stream: str, layers: int
+) -> None:
+    run_dir = tmp_path / stream
+    flags = [*TINY, "--data-dir", str(cifar), "--run-dir", str(run_dir), "--learner", "cbp",
+             "--residual-stream", stream, "--replacement-rate", "0.5", "--maturity-threshold", "1"]  # fmt: skip
+    assert main(flags) == 0
+    replaced = load_conv_results(run_dir)["replacements"]
+    assert replaced.shape == (2, layers)
+    assert (replaced.sum(0) > 0).all()
