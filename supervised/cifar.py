@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cbp_rl.cbp import CBPConfig, ContinualBackprop
+from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import ResNet, resnet18
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.runtime import resolve_device

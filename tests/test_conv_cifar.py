@@ -160,8 +160,10 @@ def test_cbp_replaces_units_of_resnet18(
     cifar: Path, tmp_path: Path, stream: str, layers: int
 ) -> None:
     run_dir = tmp_path / stream
-    flags = [*TINY, "--data-dir", str(cifar), "--run-dir", str(run_dir), "--learner", "cbp",
-             "--residual-stream", stream, "--replacement-rate", "0.5", "--maturity-threshold", "1"]  # fmt: skip
+    flags = [
+        *TINY, "--data-dir", str(cifar), "--run-dir", str(run_dir), "--learner", "cbp",
+        "--residual-stream", stream, "--replacement-rate", "0.5", "--maturity-threshold", "1",
+    ]  # fmt: skip
     assert main(flags) == 0
     replaced = load_conv_results(run_dir)["replacements"]
     assert replaced.shape == (2, layers)
