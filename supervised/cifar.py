@@ -47,7 +47,9 @@ from torch import Tensor, nn
 from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import ResNet, resnet18
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.runtime import resolve_device
+from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
     ConvLearner,
@@ -66,9 +68,8 @@ from cbp_rl.supervised.conv_run import (
     run_loop,
 )
 from cbp_rl.supervised.images import CIFAR_CLASSES, CifarData, load_cifar100
-from cbp_rl.supervised.stream import derive_seed
 
-COMMAND = "incremental-cifar"
+NAME = "incremental-cifar"
 CifarLearner = Literal["base", "head_reset", "snp", "retrain", "cbp"]
 CIFAR_LEARNERS: tuple[str, ...] = get_args(CifarLearner)
 MEAN = (0.5071, 0.4865, 0.4409)
@@ -335,7 +336,7 @@ def resnet_features(net: nn.Module, inputs: Tensor) -> list[Tensor]:
 
 
 class IncrementalCifarRun(TaskEpochRun):
-    command = COMMAND
+    command = NAME
 
     def __init__(self, config: IncrementalCifarConfig, data: CifarData, run_dir: Path):
         self.data = data
@@ -381,7 +382,7 @@ class IncrementalCifarRun(TaskEpochRun):
         shapes["weight_magnitude"] = (config.tasks, len(self._weights()))
         shapes["replacements"] = (config.tasks, max(1, len(self.learner.replacements())))
         shapes["class_order"] = (config.total_classes,)
-        self.results = ConvResults.empty(COMMAND, shapes, class_names=data.class_names)
+        self.results = ConvResults.empty(NAME, shapes, class_names=data.class_names)
         self.results.arrays["class_order"][:] = self.class_order
         self.best: dict[str, Any] | None = None
         """State dict of the task's best-validation epoch so far, and its accuracy and epoch."""
@@ -594,12 +595,12 @@ def run(config: IncrementalCifarConfig, *, stop_at_steps: int | None = None) -> 
     def make(run_dir: Path) -> IncrementalCifarRun:
         return IncrementalCifarRun(config, data, run_dir)
 
-    experiment = prepare(config, make, command=COMMAND, label=config.label(), resumable=RESUMABLE)
-    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{COMMAND} {config.learner}")
+    experiment = prepare(config, make, command=NAME, label=config.label(), resumable=RESUMABLE)
+    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{NAME} {config.learner}")
 
 
 def parse(argv: Sequence[str]) -> IncrementalCifarConfig:
-    return parse_config(IncrementalCifarConfig, argv, command=COMMAND)
+    return parse_config(IncrementalCifarConfig, argv, command=NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,10 +608,40 @@ def main(argv: list[str] | None = None) -> int:
     return command_main(parse, run, argv)
 
 
-config_class = IncrementalCifarConfig
+def cost(config: IncrementalCifarConfig, total: int, units: int | None, measure: Measure) -> Cost:
+    """A run's cost from two short runs on the first task's classes (1 and 2 epochs): one epoch
+    costs in proportion to the classes seen, so the run costs the first epoch's cost times the
+    summed class counts of all epochs (``units`` is not used)."""
+    first = ["--total-classes", str(config.first_classes)]
+    c1, _ = measure([*first, "--epochs-per-task", "1"])
+    c2, _ = measure([*first, "--epochs-per-task", "2"])
+    first_epoch = max(0.0, c2 - c1)
+    fixed = max(0.0, c1 - first_epoch)
+    scaled = sum(config.classes_at(t) for t in range(config.tasks)) / config.first_classes
+    per_run = fixed + first_epoch * scaled * config.epochs_per_task
+    return Cost((per_run - fixed) / total, 0.0, fixed, per_run)
+
+
+COMMAND = Command(
+    name=NAME,
+    summary="class-incremental CIFAR-100 with ResNet-18 (base, head reset, snp, retrain, cbp)",
+    main=main,
+    parse=parse,
+    config=IncrementalCifarConfig,
+    metric="accuracy",
+    unit="epochs",
+    budget=lambda config: int(config.tasks * config.epochs_per_task),
+    budget_flags=(),
+    reserved=("seed", "run-dir", "resume"),
+    seed_flags=lambda seeds: ["--seed", str(seeds[0])],
+    resume_flags=lambda config: [],
+    cost=cost,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 
 __all__ = [
     "CIFAR_LEARNERS",
+    "COMMAND",
     "IncrementalCifarConfig",
     "IncrementalCifarRun",
     "augment",

@@ -34,9 +34,9 @@ from cbp_rl.run.checkpoint import (
     restore_numpy_generator,
     to_jsonable,
 )
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import CONFIG_FILE, RunLogger, RunStatusWriter
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
-from cbp_rl.supervised.config import from_dict
 from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.images import DataFormatError
@@ -495,7 +495,7 @@ def saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
             f"is a run of another command, not {command}", run_dir, "resume it with its command"
         )
     try:
-        config: ConfigT = from_dict(cls, values)
+        config: ConfigT = config_from_dict(cls, values, where=str(path))
     except (TypeError, ValueError) as err:
         raise CheckpointError(
             f"config.json does not describe a {command} run: {err}", path, "check the directory"

@@ -38,7 +38,9 @@ from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.nets import conv_net
+from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.runtime import resolve_device
+from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
     ConvLearner,
@@ -65,10 +67,9 @@ from cbp_rl.supervised.images import (
     identify_files,
     load_class_images,
 )
-from cbp_rl.supervised.stream import derive_seed
 from cbp_rl.units import discover_hidden_layers
 
-COMMAND = "continual-imagenet"
+NAME = "continual-imagenet"
 ImageNetLearner = Literal["bp", "l2", "snp", "cbp"]
 IMAGENET_LEARNERS: tuple[str, ...] = get_args(ImageNetLearner)
 LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
@@ -224,7 +225,7 @@ def build_network(seed: int, classes: int) -> nn.Sequential:
 
 
 class ContinualImageNetRun(TaskEpochRun):
-    command = COMMAND
+    command = NAME
 
     def __init__(self, config: ContinualImageNetConfig, files: list[ClassFile], run_dir: Path):
         self.files = files
@@ -242,7 +243,7 @@ class ContinualImageNetRun(TaskEpochRun):
             cbp_seed=derive_seed(config.seed, "cbp"),
         )
         self.results = ConvResults.empty(
-            COMMAND, self._shapes(config), class_names=[f.name for f in files]
+            NAME, self._shapes(config), class_names=[f.name for f in files]
         )
         self.data: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.replaced_before = [0] * HIDDEN_LAYERS
@@ -427,12 +428,12 @@ def run(config: ContinualImageNetConfig, *, stop_at_steps: int | None = None) ->
     def make(run_dir: Path) -> ContinualImageNetRun:
         return ContinualImageNetRun(config, files, run_dir)
 
-    experiment = prepare(config, make, command=COMMAND, label=config.label(), resumable=RESUMABLE)
-    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{COMMAND} {config.learner}")
+    experiment = prepare(config, make, command=NAME, label=config.label(), resumable=RESUMABLE)
+    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{NAME} {config.learner}")
 
 
 def parse(argv: Sequence[str]) -> ContinualImageNetConfig:
-    return parse_config(ContinualImageNetConfig, argv, command=COMMAND)
+    return parse_config(ContinualImageNetConfig, argv, command=NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,9 +441,37 @@ def main(argv: list[str] | None = None) -> int:
     return command_main(parse, run, argv)
 
 
-config_class = ContinualImageNetConfig
+def cost(config: ContinualImageNetConfig, total: int, units: int | None, measure: Measure) -> Cost:
+    """A run's cost from two short runs of 1 and 2 tasks (``units``: epochs per task; default
+    the config's): the slope is the cost of one task, the rest is fixed."""
+    epochs = ["--epochs", str(units or config.epochs)]
+    c1, _ = measure(["--tasks", "1", *epochs])
+    c2, _ = measure(["--tasks", "2", *epochs])
+    per_task = max(0.0, c2 - c1)
+    per_epoch = per_task / int(units or config.epochs)
+    fixed = max(0.0, c1 - per_task)
+    return Cost(per_epoch, 0.0, fixed, fixed + per_epoch * total)
+
+
+COMMAND = Command(
+    name=NAME,
+    summary="continual ImageNet: binary tasks for the reference's conv net (bp, l2, snp, cbp)",
+    main=main,
+    parse=parse,
+    config=ContinualImageNetConfig,
+    metric="accuracy",
+    unit="epochs",
+    budget=lambda config: int(config.tasks * config.epochs),
+    budget_flags=("--tasks",),
+    reserved=("seed", "run-dir", "resume"),
+    seed_flags=lambda seeds: ["--seed", str(seeds[0])],
+    resume_flags=lambda config: ["--tasks", str(config.tasks)],
+    cost=cost,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 
 __all__ = [
+    "COMMAND",
     "IMAGENET_LEARNERS",
     "LEARNER_DEFAULTS",
     "ContinualImageNetConfig",
