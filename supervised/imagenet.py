@@ -67,7 +67,7 @@ from cbp_rl.supervised.images import (
     identify_files,
     load_class_images,
 )
-from cbp_rl.units import discover_hidden_layers
+from cbp_rl.discovery import find_hidden_layers
 
 NAME = "continual-imagenet"
 ImageNetLearner = Literal["bp", "l2", "snp", "cbp"]
@@ -232,7 +232,7 @@ class ContinualImageNetRun(TaskEpochRun):
         self.classes = class_order(config.seed, len(files), config.tasks, config.classes_per_task)
         net = build_network(config.seed, config.classes_per_task)
         self.net = net.to(resolve_device(config.run.device))
-        self.layers = discover_hidden_layers(self.net)
+        self.layers = list(find_hidden_layers(self.net).hidden)
         if len(self.layers) != HIDDEN_LAYERS:
             raise RuntimeError(f"expected {HIDDEN_LAYERS} hidden layers, found {len(self.layers)}")
         self.learner = ConvLearner(
