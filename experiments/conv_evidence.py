@@ -8,7 +8,7 @@ over 3 channels, written as the per-class ``<class>.npy`` files the command read
 ``continual-imagenet`` runs unchanged except for its scale: binary tasks of digit pairs from
 the seeded class order, the reference's conv net, SGD with momentum 0.9, the head zeroed at each
 task start, but fewer images and epochs per task and a larger step size (by default 100 training
-and 100 test images per class, 10 epochs of minibatches of 20, step size 0.03), so that
+and 100 test images per class, 5 epochs of minibatches of 20, step size 0.03), so that
 backprop's loss of plasticity shows within a CPU budget. Backprop and CBP (the reference's rr
 3e-4, mt 100, adaptable contribution) see the same seeds, class orders and minibatch orders.
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/conv_evidence"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=60)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=20)

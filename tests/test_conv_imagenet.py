@@ -233,3 +233,15 @@ def test_cuda_run_matches_cpu(classes: Path, tmp_path: Path) -> None:
     cpu, gpu = load_conv_results(tmp_path / "cpu"), load_conv_results(tmp_path / "gpu")
     np.testing.assert_allclose(gpu["train_loss"][0], cpu["train_loss"][0], rtol=1e-3)
     assert np.isfinite(gpu["test_accuracy"]).all()
+
+
+def test_sweep_specs_of_both_conv_commands_expand(classes: Path) -> None:
+    from cbp_rl.lab.spec import expand, load_spec
+
+    spec = load_spec(ROOT / "experiments" / "continual_imagenet.toml", {"data-dir": str(classes)})
+    runs = expand(spec)
+    assert len(runs) == 120 and spec.expected_gpu_hours == 1440
+    assert runs[0].total == 5000 * 250 and "--device" in runs[0].argv
+    cifar = expand(load_spec(ROOT / "experiments" / "incremental_cifar.toml"))
+    assert {r.setting for r in cifar} >= {"cbp", "cbp_reference_chain", "retrain"}
+    assert cifar[0].total == 20 * 200
