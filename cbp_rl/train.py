@@ -17,9 +17,8 @@ from cbp_rl.run.runtime import quiet_superseded_env_notices
 def usage() -> str:
     lines = ["usage: python -m cbp_rl.train COMMAND [FLAGS]   (COMMAND --help for its flags)", ""]
     lines.append("commands:")
-    width = max(len(name) for name in COMMANDS)
     for name, command in COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {command.summary}")
+        lines.append(f"  {name:<8} {command.summary}")
     return "\n".join(lines)
 
 
