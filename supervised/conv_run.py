@@ -40,8 +40,8 @@ from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_devi
 from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.images import DataFormatError
+from cbp_rl.supervised.results import RESULTS_FILE
 
-RESULTS_FILE = "results.npz"
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 Log = Callable[[str], None]
 

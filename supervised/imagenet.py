@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig, UtilityName
+from cbp_rl.discovery import find_hidden_layers
 from cbp_rl.nets import conv_net
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.runtime import resolve_device
@@ -67,7 +68,6 @@ from cbp_rl.supervised.images import (
     identify_files,
     load_class_images,
 )
-from cbp_rl.discovery import find_hidden_layers
 
 NAME = "continual-imagenet"
 ImageNetLearner = Literal["bp", "l2", "snp", "cbp"]
