@@ -403,6 +403,17 @@ class ContinualImageNetRun(TaskEpochRun):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.replaced_before = [int(n) for n in state["replaced_before"]]
+        done, tasks = self.results.tasks_done, self.num_tasks()
+        if tasks < done or (tasks == done and self.task_started):
+            raise ValueError(
+                f"--tasks {tasks} is fewer than the run has already done or begun "
+                f"({done if tasks < done else done + 1}); give at least as many"
+            )
+        for name, array in self.results.arrays.items():  # --tasks may have grown
+            if array.shape[0] < tasks:
+                grown = np.full((tasks, *array.shape[1:]), np.nan)
+                grown[: array.shape[0]] = array
+                self.results.arrays[name] = grown
 
     def log_step(self) -> int:
         return self.task + 1

@@ -194,6 +194,15 @@ def test_sigterm_stops_saves_and_resumes_exactly(classes: Path, tmp_path: Path) 
     same_arrays(load_conv_results(tmp_path / "whole"), load_conv_results(run_dir))
 
 
+def test_resume_with_more_tasks_continues(classes: Path, tmp_path: Path) -> None:
+    flags = [*TINY, "--data-dir", str(classes), "--learner", "bp"]
+    run(parse([*flags, "--tasks", "3", "--run-dir", str(tmp_path / "whole")]))
+    run(parse([*flags, "--tasks", "2", "--run-dir", str(tmp_path / "grown")]))
+    assert main(["--resume", str(tmp_path / "grown"), "--tasks", "3"]) == 0
+    same_arrays(load_conv_results(tmp_path / "whole"), load_conv_results(tmp_path / "grown"))
+    assert main(["--resume", str(tmp_path / "grown"), "--tasks", "2"]) == 2
+
+
 def test_resume_refuses_changed_settings(
     classes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
