@@ -168,3 +168,11 @@ def test_cbp_replaces_units_of_resnet18(
     replaced = load_conv_results(run_dir)["replacements"]
     assert replaced.shape == (2, layers)
     assert (replaced.sum(0) > 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run(cifar: Path, tmp_path: Path) -> None:
+    flags = [*TINY, "--data-dir", str(cifar), "--learner", "cbp", "--device", "cuda"]
+    assert main([*flags, "--run-dir", str(tmp_path / "gpu")]) == 0
+    results = load_conv_results(tmp_path / "gpu")
+    assert np.isfinite(results["epoch_test_accuracy"]).all()
