@@ -28,7 +28,7 @@ from cbp_rl.supervised.images import load_cifar100
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--no-verify-data", "--no-download", "--first-classes", "2", "--classes-per-task", "2",
-    "--total-classes", "4", "--epochs-per-task", "2", "--train-per-class", "2",
+    "--total-classes", "4", "--epochs-per-task", "1", "--train-per-class", "2",
     "--validation-per-class", "1", "--batch-size", "4", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 
@@ -105,7 +105,7 @@ def test_task_start_resets_and_early_stopping(cifar: Path, tmp_path: Path) -> No
     best = {k: v.clone() for k, v in made.net.state_dict().items()}
     with torch.no_grad():
         made.net.fc.weight.add_(1.0)
-    made.epoch = 1
+    made.epoch = 1  # the task's one epoch is done
     made.end_task()
     assert torch.equal(made.net.fc.weight, best["fc.weight"])
     assert made.results.arrays["best_epoch"][0] == 0
@@ -117,7 +117,7 @@ def test_runs_through_the_command(cifar: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "base"
     done = subprocess.run(
         [sys.executable, "-m", "cbp_rl.train", "incremental-cifar", *TINY, "--data-dir",
-         str(cifar), "--run-dir", str(run_dir)],
+         str(cifar), "--run-dir", str(run_dir), "--epochs-per-task", "2"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conv_data import write_imagenet_classes
 
+from cbp_rl.lab.plot import main as plot_main
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 from cbp_rl.supervised.conv_run import load_conv_results
@@ -99,11 +100,7 @@ def test_cbp_run_through_the_command(classes: Path, tmp_path: Path) -> None:
     assert [step for step, _ in scalars["task/test_accuracy"]] == [1, 2, 3]
     assert "plasticity/dormant_units/4" in scalars and "task/replacements/0" in scalars
     figures = tmp_path / "figures"
-    plotted = subprocess.run(
-        [sys.executable, "-m", "cbp_rl.plot", str(run_dir), "--out", str(figures)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert plotted.returncode == 0, plotted.stderr
+    assert plot_main([str(run_dir), "--out", str(figures)]) == 0
     assert (figures / "test_accuracy.png").stat().st_size > 1000
     assert (figures / "replacements.png").exists()
 
