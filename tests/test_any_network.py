@@ -634,3 +634,22 @@ def test_layer_norm_is_the_documented_exception() -> None:
     net, x = mlp(4, [32, 32], 2, layer_norm=True), torch.randn(64, 4)
     cbp = ContinualBackprop(net, None, replacement_rate=0.25, maturity_threshold=0, seed=0)
     assert new_units_effect(net, x, cbp) > 1e-3
+
+
+class DictOutput(nn.Module):
+    """Returns a dict; the first hidden activation is also returned, so it is not a unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = torch.tanh(self.fc1(x))
+        return {"logits": self.fc3(F.silu(self.fc2(features))), "features": features}
+
+
+def test_outputs_in_a_dict_are_outputs() -> None:
+    cbp = ContinualBackprop(DictOutput(), None, example_inputs=torch.zeros(2, 4))
+    assert [layer.name for layer in cbp.hidden_layers] == ["fc2"]
+    reasons = {i.name: i.reason for i in cbp.left_out}
+    assert "returned by the network" in reasons["fc1"]
