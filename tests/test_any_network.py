@@ -653,3 +653,21 @@ def test_outputs_in_a_dict_are_outputs() -> None:
     assert [layer.name for layer in cbp.hidden_layers] == ["fc2"]
     reasons = {i.name: i.reason for i in cbp.left_out}
     assert "returned by the network" in reasons["fc1"]
+
+
+class WithAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_multihead_attention_is_one_operation() -> None:
+    cbp = ContinualBackprop(WithAttention(), None, example_inputs=torch.zeros(1, 3, 8))
+    assert [layer.name for layer in cbp.hidden_layers] == ["fc1"]
+    reasons = {i.name: i.reason for i in cbp.left_out}
+    assert "inside `attn` (MultiheadAttention)" in reasons["attn.out_proj"]
