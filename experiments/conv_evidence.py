@@ -9,7 +9,7 @@ over 3 channels, written as the per-class ``<class>.npy`` files the command read
 the seeded class order, the reference's conv net, SGD with momentum 0.9, the head zeroed at each
 task start, but fewer images and epochs per task and a larger step size (by default 100 training
 and 100 test images per class, 5 epochs of minibatches of 20, step size 0.03), so that
-backprop's loss of plasticity shows within a CPU budget. Backprop and CBP (the reference's rr
+the conv path can show loss of plasticity within a CPU budget. Backprop and CBP (the reference's rr
 3e-4, mt 100, adaptable contribution) see the same seeds, class orders and minibatch orders.
 
 Prints, per learner, the test accuracy at the end of each task (mean over seeds +- standard
