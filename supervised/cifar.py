@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import ResNet, resnet18
+from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.runtime import resolve_device
@@ -80,18 +81,28 @@ of 200."""
 ResidualStream = Literal["leave_out", "reference_chain"]
 
 
-@dataclass(frozen=True)
-class CifarCBPFlags:
-    """Continual backprop (learner cbp): the reference's cfg continual_backpropagation.json."""
+_CifarCBPHyperparameters = cbp_flags(
+    "CifarCBPHyperparameters",
+    defaults={
+        "replacement_rate": 1e-5,
+        "maturity_threshold": 1000,
+        "decay_rate": 0.99,
+        "utility": "contribution",
+        "accumulate": True,
+    },
+    types={
+        "utility": Literal["contribution", "weight"],
+        "init": Literal["kaiming", "lecun", "xavier", "default"],
+    },
+    notes={"utility": "The reference accepts contribution or weight."},
+)
 
-    replacement_rate: float = 1e-5
-    """Fraction of eligible units replaced per step."""
-    maturity_threshold: int = 1000
-    """Units older than this many steps are eligible."""
-    decay_rate: float = 0.99
-    """Decay of the running utility."""
-    utility: Literal["contribution", "weight"] = "contribution"
-    """Utility measure (the reference accepts contribution or weight)."""
+
+@dataclass(frozen=True)
+class CifarCBPFlags(_CifarCBPHyperparameters):  # type: ignore[misc, valid-type]
+    """Continual backprop (learner cbp): the reference's cfg continual_backpropagation.json; its
+    hyperparameters are :class:`cbp_rl.CBPConfig`'s."""
+
     residual_stream: ResidualStream = "leave_out"
     """Units on the residual stream: leave_out (found from the data flow; units the identity
     paths also carry are left out, so a replacement leaves the output unchanged), or
@@ -99,14 +110,7 @@ class CifarCBPFlags:
     order, downsample paths skipped, block outputs included)."""
 
     def to_cbp_config(self) -> CBPConfig:
-        return CBPConfig(
-            replacement_rate=self.replacement_rate,
-            maturity_threshold=self.maturity_threshold,
-            decay_rate=self.decay_rate,
-            utility=self.utility,
-            init="kaiming",
-            accumulate=True,
-        )
+        return to_cbp_config(self)
 
 
 @dataclass(frozen=True)

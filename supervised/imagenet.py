@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.cbp import CBPConfig, UtilityName
+from cbp_rl.cbp import CBPConfig
 from cbp_rl.discovery import find_hidden_layers
 from cbp_rl.nets import conv_net
+from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.run.seeding import derive_seed
@@ -82,32 +83,28 @@ LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
 HIDDEN_LAYERS = 5
 
 
-@dataclass(frozen=True)
-class ImageNetCBPFlags:
-    """Continual backprop (learner cbp): the reference's lop/imagenet/cfg/cbp.json."""
+_ImageNetCBPHyperparameters = cbp_flags(
+    "ImageNetCBPHyperparameters",
+    defaults={
+        "replacement_rate": 3e-4,
+        "maturity_threshold": 100,
+        "decay_rate": 0.99,
+        "utility": "adaptable_contribution",
+        "init": "default",
+        "accumulate": True,
+    },
+    types={"init": Literal["kaiming", "lecun", "xavier", "default"]},
+    notes={"init": "default: sqrt(1/fan_in), as the reference's ConvCBP."},
+)
 
-    replacement_rate: float = 3e-4
-    """Fraction of eligible units replaced per step."""
-    maturity_threshold: int = 100
-    """Units older than this many steps are eligible."""
-    decay_rate: float = 0.99
-    """Decay of the running utility and mean activation."""
-    utility: UtilityName = "adaptable_contribution"
-    """Utility measure."""
-    cbp_init: Literal["kaiming", "lecun", "xavier", "default"] = "default"
-    """New incoming weights U(-b, b); default b = sqrt(1/fan_in), as the reference's ConvCBP."""
-    accumulate: bool = True
-    """Accumulate fractional replacements over steps (the reference's ConvGnT)."""
+
+@dataclass(frozen=True)
+class ImageNetCBPFlags(_ImageNetCBPHyperparameters):  # type: ignore[misc, valid-type]
+    """Continual backprop (learner cbp): the reference's lop/imagenet/cfg/cbp.json; its
+    hyperparameters are :class:`cbp_rl.CBPConfig`'s."""
 
     def to_cbp_config(self) -> CBPConfig:
-        return CBPConfig(
-            replacement_rate=self.replacement_rate,
-            maturity_threshold=self.maturity_threshold,
-            decay_rate=self.decay_rate,
-            utility=self.utility,
-            init=self.cbp_init,
-            accumulate=self.accumulate,
-        )
+        return to_cbp_config(self)
 
 
 @dataclass(frozen=True)
