@@ -23,21 +23,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cbp_rl.discovery import ExampleInputs, find_hidden_layers
 from cbp_rl.nets import INIT_NAMES, fan_in_out, init_bound, validate_init
 from cbp_rl.optim import RESETTABLE_OPTIMIZERS, ResettableAdam, reset_unit_state
 from cbp_rl.units import (
+    BATCH_NORMS,
     ActivationRecorder,
     HiddenLayer,
     LayerSpec,
-    resolve_hidden_layers,
+    LeftOut,
     units_first,
 )
 
@@ -51,7 +53,6 @@ UtilityName = Literal[
     "random",
 ]
 UTILITY_NAMES: tuple[str, ...] = get_args(UtilityName)
-_NO_GRAD = torch.no_grad()  # one reusable context: cheaper than a new one per step
 _NEEDS_DEVIATION = {"adaptable_contribution", "zero_contribution", "feature_by_input"}
 _NEEDS_OUT_MAGNITUDE = {"contribution", "adaptable_contribution", "zero_contribution", "weight"}
 _NEEDS_IN_MAGNITUDE = {"adaptable_contribution", "adaptation", "feature_by_input"}
@@ -100,6 +101,25 @@ class CBPConfig:
             )
 
 
+def make_config(config: CBPConfig | None = None, **overrides: Any) -> CBPConfig:
+    """``config`` (default :class:`CBPConfig`'s defaults) with ``overrides`` of its fields."""
+    valid = [f.name for f in fields(CBPConfig)]
+    unknown = sorted(set(overrides).difference(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown CBP hyperparameter(s) {', '.join(unknown)}; the hyperparameters are "
+            f"{', '.join(valid)} (the fields of CBPConfig)"
+        )
+    return replace(config or CBPConfig(), **overrides)
+
+
+class NormReset(NamedTuple):
+    """A norm's per-unit tensor and the value a replaced unit's entry goes back to."""
+
+    tensor: Tensor
+    value: float
+
+
 @dataclass
 class UnitLayout:
     """Where one hidden layer's units live in its parameter tensors.
@@ -116,7 +136,7 @@ class UnitLayout:
     out_unit_dim: int
     bound: float
     out_bias: Tensor | None = None
-    norm_resets: Sequence[tuple[Tensor, float]] = field(default_factory=tuple)
+    norm_resets: Sequence[NormReset | tuple[Tensor, float]] = field(default_factory=tuple)
     out_view: tuple[int, ...] | None = None
     """Shape to view ``out_weight`` as (a Linear read through a Flatten: ``[out, units, H*W]``)."""
     nonnegative: bool = False
@@ -256,6 +276,8 @@ class GenerateAndTest(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._generators = [torch.Generator().manual_seed(s) for s in seed_list]
         self._uniform = _BufferedUniform(self._generators, len(self.layer_sizes))
+        self._check_finite = False
+        """Raise on NaN/inf activations (costs a host sync per step; off for the batched core)."""
         self._book = _HostBook(self.num_seeds, len(self.layer_sizes))
         self._magnitudes: _MagnitudePlan | None = None
         self.register_buffer("_one", torch.ones((), dtype=torch.int64, device=device), False)
@@ -305,6 +327,11 @@ class GenerateAndTest(nn.Module):
             _magnitudes_due(self._host().steps + 1, self.config.magnitude_every)
         )
 
+    @property
+    def step_count(self) -> int:
+        """Generate-and-test steps taken so far."""
+        return self._host().steps
+
     def replacement_counts(self) -> list[int]:
         """Units replaced so far in each layer (summed over seeds)."""
         return [int(n) for n in self._host().replacements.sum(0)]
@@ -326,12 +353,16 @@ class GenerateAndTest(nn.Module):
             )
         if self.config.replacement_rate == 0.0:
             return []  # the reference skips the whole step, statistics included
-        with _NO_GRAD:
+        with torch.no_grad():
             return self._generate_and_test(activations, layouts)
 
     def _generate_and_test(
         self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
     ) -> list[Replacement]:
+        per_unit = _PerUnitReducer(activations, self.lead, self.utility.dtype)
+        batch_mean = per_unit.mean()
+        if self._check_finite and not bool(torch.isfinite(batch_mean).all()):
+            self._raise_non_finite(activations)
         book = self._host()
         book.steps += 1
         buffers = self._buffers
@@ -341,17 +372,26 @@ class GenerateAndTest(nn.Module):
         assert one is not None and one_float is not None
         age.add_(one)  # tensor operands: cheaper than wrapping a Python scalar
         correction.lerp_(one_float, 1.0 - self.config.decay_rate)
-        self._update_utility(activations, layouts)
+        self._update_utility(per_unit, batch_mean, layouts)
         return self._replace_units(layouts)
 
-    def _update_utility(self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]) -> None:
+    def _raise_non_finite(self, activations: Sequence[Tensor]) -> None:
+        bad = [str(i) for i, h in enumerate(activations) if not bool(torch.isfinite(h).all())]
+        raise ValueError(
+            f"non-finite activations (NaN or inf) in hidden layer(s) {', '.join(bad)} at step "
+            f"{self._host().steps + 1}: the network diverged before this step. Lower the step "
+            "size or clip gradients; CBP cannot rank units on NaN"
+        )
+
+    def _update_utility(
+        self, per_unit: _PerUnitReducer, batch_mean: Tensor, layouts: Sequence[UnitLayout]
+    ) -> None:
         cfg = self.config
         weight = 1.0 - cfg.decay_rate
         buffers = self._buffers  # direct access: this is the hot path
         mean_activation, utility = buffers["mean_activation"], buffers["utility"]
         assert mean_activation is not None and utility is not None
-        per_unit = _PerUnitReducer(activations, self.lead, utility.dtype)
-        mean_activation.lerp_(per_unit.mean(), weight)
+        mean_activation.lerp_(batch_mean, weight)
         kind = cfg.utility
         if kind == "random":
             return
@@ -457,6 +497,23 @@ class GenerateAndTest(nn.Module):
         ]
 
 
+class _Maturing(NamedTuple):
+    """Units of one layer that become eligible at ``step``."""
+
+    step: int
+    seeds: list[int]
+    layer: int
+    counts: list[int]
+
+
+class LayerPlan(NamedTuple):
+    """How many units (``counts[i]`` of seed ``seeds[i]``) to replace in ``layer`` this step."""
+
+    layer: int
+    seeds: list[int]
+    counts: list[int]
+
+
 class _HostBook:
     """Host-side bookkeeping of the replacement decisions, in numpy arrays ``[seeds, layers]``.
 
@@ -471,8 +528,7 @@ class _HostBook:
         self.accumulated = np.zeros((num_seeds, num_layers))
         self.replacements = np.zeros((num_seeds, num_layers), np.int64)
         self.eligible = np.zeros((num_seeds, num_layers), np.int64)
-        self.maturing: deque[tuple[int, list[int], int, list[int]]] = deque()
-        """(step, seeds, layer, counts): units that become eligible at that step."""
+        self.maturing: deque[_Maturing] = deque()
         self.expected: np.ndarray | None = None
         """``replacement_rate * eligible``, kept until eligibility changes (see ``_expect``)."""
         self.certain = np.zeros((num_seeds, num_layers), np.int64)
@@ -507,17 +563,15 @@ class _HostBook:
                 )
                 for unit_age, count in zip(young.tolist(), counts.tolist(), strict=True):
                     ready = self.steps + maturity_threshold + 1 - unit_age
-                    pending.append((ready, [seed], layer, [count]))
+                    pending.append(_Maturing(ready, [seed], layer, [count]))
         self.maturing = deque(sorted(pending))
         self.expected = None
         self.stale = False
 
-    def plan(
-        self, config: CBPConfig, uniform: _BufferedUniform
-    ) -> list[tuple[int, list[int], list[int]]]:
-        """``(layer, seeds, counts)`` of the units to replace at this step."""
+    def plan(self, config: CBPConfig, uniform: _BufferedUniform) -> list[LayerPlan]:
+        """The units to replace at this step, layer by layer."""
         maturing, eligible = self.maturing, self.eligible
-        while maturing and maturing[0][0] <= self.steps:
+        while maturing and maturing[0].step <= self.steps:
             _, seeds, layer, counts = maturing.popleft()
             eligible[seeds, layer] += counts
             self.expected = None
@@ -544,7 +598,7 @@ class _HostBook:
             if plan is self.certain and not self.any_certain:
                 return []
         return [
-            (layer, replacing.tolist(), plan[replacing, layer].tolist())
+            LayerPlan(layer, replacing.tolist(), plan[replacing, layer].tolist())
             for layer in range(plan.shape[1])
             if len(replacing := np.flatnonzero(plan[:, layer]))
         ]
@@ -566,7 +620,7 @@ class _HostBook:
     ) -> None:
         self.eligible[seeds, layer] -= counts
         self.expected = None
-        self.maturing.append((self.steps + maturity_threshold + 1, seeds, layer, counts))
+        self.maturing.append(_Maturing(self.steps + maturity_threshold + 1, seeds, layer, counts))
         self.replacements[seeds, layer] += counts
 
 
@@ -698,7 +752,7 @@ class _MagnitudePlan:
         self.key = key
         self.keep = list(key)  # holding the tensors keeps their ids unique
         self.weights: dict[int, _BlockedAbsolute] = {}
-        self.scales: list[tuple[Tensor, Tensor]] = []
+        self.scales: list[_Scale] = []
         utility, lead = core.config.utility, core.lead
         for magnitude, needed, pick in (
             (core.in_magnitude, _NEEDS_IN_MAGNITUDE, _incoming_view),
@@ -713,7 +767,7 @@ class _MagnitudePlan:
                 blocked = self.weights.setdefault(id(base), _BlockedAbsolute(base))
                 blocked.add_use(viewed.shape, dims, magnitude[..., span])
                 inverse_counts[..., span] = 1.0 / math.prod(viewed.shape[d] for d in dims)
-            self.scales.append((magnitude, inverse_counts))
+            self.scales.append(_Scale(magnitude, inverse_counts))
 
     def run(self) -> None:
         for blocked in self.weights.values():
@@ -722,9 +776,40 @@ class _MagnitudePlan:
             magnitude.mul_(inverse_counts)
 
 
+class _Scale(NamedTuple):
+    """A magnitude buffer of sums, and the ``1 / count`` that turns it into means."""
+
+    magnitude: Tensor
+    inverse_counts: Tensor
+
+
 _BLOCK_BYTES = 2 << 20
-# (viewed shape, reduced dims, output, position of the block dimension in the output or None)
-_Use = tuple[tuple[int, ...], list[int], Tensor, int | None]
+
+
+class _UseSpec(NamedTuple):
+    """One sum of ``|weight|``: over ``dims`` of the weight viewed as ``shape``, into ``out``."""
+
+    shape: tuple[int, ...]
+    dims: list[int]
+    out: Tensor
+
+
+class _Use(NamedTuple):
+    """A :class:`_UseSpec` with the position of the block dimension in ``out`` (None: summed)."""
+
+    shape: tuple[int, ...]
+    dims: list[int]
+    out: Tensor
+    position: int | None
+
+
+class _BlockPlan(NamedTuple):
+    """Blocks of ``size`` along ``dim``, a scratch block, and the sums to take of each."""
+
+    dim: int
+    size: int
+    scratch: Tensor
+    uses: list[_Use]
 
 
 class _BlockedAbsolute:
@@ -737,15 +822,13 @@ class _BlockedAbsolute:
 
     def __init__(self, weight: Tensor) -> None:
         self.weight = weight
-        self.uses: list[tuple[tuple[int, ...], list[int], Tensor]] = []
-        self.plan: tuple[int, int, Tensor, list[_Use]] | None = None
+        self.uses: list[_UseSpec] = []
+        self.plan: _BlockPlan | None = None
 
     def add_use(self, viewed_shape: torch.Size, dims: list[int], out: Tensor) -> None:
-        self.uses.append((tuple(viewed_shape), dims, out))
+        self.uses.append(_UseSpec(tuple(viewed_shape), dims, out))
 
-    def _make_plan(
-        self,
-    ) -> tuple[int, int, Tensor, list[_Use]]:
+    def _make_plan(self) -> _BlockPlan:
         weight = self.weight
         reshaped = any(shape != tuple(weight.shape) for shape, _, _ in self.uses)
         dim = 0 if reshaped else max(range(weight.ndim), key=lambda d: weight.shape[d])
@@ -757,8 +840,8 @@ class _BlockedAbsolute:
         uses = []
         for shape, dims, out in self.uses:
             kept = [d for d in range(len(shape)) if d not in dims]
-            uses.append((shape, dims, out, kept.index(dim) if dim in kept else None))
-        return dim, size, scratch, uses
+            uses.append(_Use(shape, dims, out, kept.index(dim) if dim in kept else None))
+        return _BlockPlan(dim, size, scratch, uses)
 
     def reduce(self) -> None:
         if self.plan is None:
@@ -823,18 +906,17 @@ def layout_of(layer: HiddenLayer, bound: float) -> UnitLayout:
     out_viewed, out_unit_dim = layer.outgoing_weight_view()
     out_weight = layer.outgoing.weight
     out_view = None if out_viewed.shape == out_weight.shape else tuple(out_viewed.shape)
-    resets: list[tuple[Tensor, float]] = []
+    resets: list[NormReset] = []
     norm = layer.norm
     if norm is not None:
-        if norm.weight is not None:
-            resets.append((norm.weight, 1.0))
-        if norm.bias is not None:
-            resets.append((norm.bias, 0.0))
-        if isinstance(norm, nn.BatchNorm1d | nn.BatchNorm2d):
+        for name, value in (("weight", 1.0), ("bias", 0.0)):
+            if isinstance(tensor := getattr(norm, name, None), Tensor):
+                resets.append(NormReset(tensor, value))
+        if isinstance(norm, BATCH_NORMS):
             if isinstance(norm.running_mean, Tensor):
-                resets.append((norm.running_mean, 0.0))
+                resets.append(NormReset(norm.running_mean, 0.0))
             if isinstance(norm.running_var, Tensor):
-                resets.append((norm.running_var, 1.0))
+                resets.append(NormReset(norm.running_var, 1.0))
     return UnitLayout(
         in_weight=layer.incoming.weight,
         in_unit_dim=0,
@@ -888,11 +970,44 @@ class ContinualBackprop(GenerateAndTest):
     >>> cbp.step()   # generate-and-test on the activations of that forward pass
     0
 
-    Hidden layers are found in ``nn.Sequential`` and nested modules (Linear or Conv2d, optional
-    LayerNorm/BatchNorm, an activation, then the next Linear or Conv2d, across a Flatten too),
-    or given as ``layers=[(incoming, activation, outgoing[, norm]), ...]``. The defaults follow
-    the reference code: no optimizer reset except with :class:`~cbp_rl.optim.ResettableAdam`,
-    and the reference's no-op bias compensation (``bias_compensation=True`` makes it real).
+    With ``example_inputs`` the hidden layers are found from one traced forward pass, in any
+    network (see :mod:`cbp_rl.discovery`); with ``auto_step=True`` CBP steps itself after every
+    ``opt.step()``:
+
+    >>> class Residual(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.inp, self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+    ...         self.head = nn.Linear(8, 2)
+    ...     def forward(self, x: Tensor) -> Tensor:
+    ...         h = torch.relu(self.inp(x))
+    ...         h = h + self.fc2(torch.nn.functional.gelu(self.fc1(h)))
+    ...         return self.head(h)
+    >>> net = Residual()
+    >>> opt = torch.optim.Adam(net.parameters())
+    >>> cbp = ContinualBackprop(net, opt, example_inputs=torch.zeros(1, 4), auto_step=True)
+    >>> [layer.name for layer in cbp.hidden_layers]
+    ['fc1']
+    >>> [item.name for item in cbp.left_out]
+    ['inp', 'fc2', 'head']
+    >>> net(torch.randn(3, 4)).sum().backward(); opt.step()   # CBP steps here
+    >>> cbp.step_count
+    1
+
+    Without ``example_inputs``, hidden layers are found in plain ``nn.Sequential`` chains (Linear
+    or conv, optional norm, an activation module, then the next Linear or conv, across a Flatten
+    too); other networks are refused, naming ``example_inputs``. ``layers=[(incoming,
+    activation, outgoing[, norm]), ...]`` gives them explicitly. ``residual_stream=
+    "reference_chain"`` reproduces the reference's ResNet chain (its ``res_gnt.py``): every conv
+    in registration order (downsample paths skipped) is a hidden layer read by the next one, the
+    block outputs included; replacing a block-output unit changes the network's function at that
+    moment (the identity path still carries it).
+
+    The hyperparameters are :class:`CBPConfig`'s fields, given as ``config=`` and/or as
+    keywords (``replacement_rate=1e-4``, ...). The defaults follow the reference code: no
+    optimizer reset except with :class:`~cbp_rl.optim.ResettableAdam`, and the reference's no-op
+    bias compensation (``bias_compensation=True`` makes it real). ``hidden_layers`` lists the
+    hidden layers, ``left_out`` the weight layers that are not (with the reason).
     """
 
     def __init__(
@@ -900,29 +1015,27 @@ class ContinualBackprop(GenerateAndTest):
         net: nn.Module,
         opt: torch.optim.Optimizer | None = None,
         *,
-        replacement_rate: float = 1e-4,
-        maturity_threshold: int = 100,
-        decay_rate: float = 0.99,
-        utility: str = "contribution",
-        init: str = "kaiming",
-        accumulate: bool = False,
-        bias_compensation: bool = False,
-        magnitude_every: int = 1,
-        reset_optimizer_state: bool | None = None,
+        config: CBPConfig | None = None,
+        example_inputs: ExampleInputs | None = None,
+        example_call: Callable[..., Any] | None = None,
         layers: Sequence[LayerSpec] | None = None,
+        residual_stream: str = "leave_out",
+        auto_step: bool = False,
+        reset_optimizer_state: bool | None = None,
         seed: int | None = None,
+        **hyperparameters: Any,
     ) -> None:
-        config = CBPConfig(
-            replacement_rate=replacement_rate,
-            maturity_threshold=maturity_threshold,
-            decay_rate=decay_rate,
-            utility=utility,
-            init=init,
-            accumulate=accumulate,
-            bias_compensation=bias_compensation,
-            magnitude_every=magnitude_every,
+        config = make_config(config, **hyperparameters)
+        if auto_step and opt is None:
+            raise ValueError("auto_step=True steps CBP after opt.step(): pass the optimizer")
+        found = find_hidden_layers(
+            net,
+            layers=layers,
+            example_inputs=example_inputs,
+            example_call=example_call,
+            residual_stream=residual_stream,
         )
-        hidden = resolve_hidden_layers(net, layers)
+        hidden = found.hidden
         weight = hidden[0].incoming.weight
         super().__init__(
             [layer.num_units for layer in hidden],
@@ -931,15 +1044,23 @@ class ContinualBackprop(GenerateAndTest):
             device=weight.device,
             dtype=weight.dtype,
         )
-        self.hidden_layers = tuple(hidden)
+        self.hidden_layers: tuple[HiddenLayer, ...] = hidden
+        self.left_out: tuple[LeftOut, ...] = found.left_out
+        self.residual_stream = residual_stream
         self.optimizer = opt
         self.reset_optimizer = check_optimizer_reset(opt, reset_optimizer_state)
-        self.bounds = tuple(replacement_bound(layer, init) for layer in hidden)
+        self.bounds = tuple(replacement_bound(layer, config.init) for layer in hidden)
+        self._check_finite = True
         self._recorder = ActivationRecorder(hidden)
         self._layout_key: tuple[int, ...] = ()
         modules = [m for layer in hidden for m in (layer.incoming, layer.outgoing, layer.norm)]
         self._layer_modules = list({id(m): m for m in modules if m is not None}.values())
         self._layout_cache: list[UnitLayout] = []
+        self._step_hook = (
+            opt.register_step_post_hook(self._after_optimizer_step)
+            if auto_step and opt is not None
+            else None
+        )
 
     def extra_repr(self) -> str:
         cfg = self.config
@@ -952,10 +1073,23 @@ class ContinualBackprop(GenerateAndTest):
             f"utility={cfg.utility!r}, init={cfg.init!r}, accumulate={cfg.accumulate}"
         )
 
+    def _after_optimizer_step(self, *_: Any) -> None:
+        self.step()
+
     def step(self) -> int:
         """Generate-and-test on the latest forward pass; returns the number of units replaced."""
         activations = self._recorder.latest()
         self._recorder.clear()
+        if any(h.shape[0] == 0 for h in activations):
+            empty = [
+                self.hidden_layers[i].name or str(i)
+                for i, h in enumerate(activations)
+                if h.shape[0] == 0
+            ]
+            raise ValueError(
+                f"empty activations (a batch of 0 examples) in hidden layer(s) "
+                f"{', '.join(empty)}: run the forward pass on at least one example before step()"
+            )
         layouts = self._layouts()
         self._follow_device(layouts)
         replaced = self.generate_and_test(activations, layouts)
@@ -988,8 +1122,11 @@ class ContinualBackprop(GenerateAndTest):
             self.to(layouts[0].in_weight.device)
 
     def remove(self) -> None:
-        """Detach from the network (removes the forward hooks)."""
+        """Detach from the network and the optimizer (the forward hooks and the step hook)."""
         self._recorder.remove()
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
 
 
 def replacement_bound(layer: HiddenLayer, init: str) -> float:
@@ -1004,8 +1141,11 @@ __all__ = [
     "CBPConfig",
     "ContinualBackprop",
     "GenerateAndTest",
+    "LayerPlan",
+    "NormReset",
     "Replacement",
     "UnitLayout",
     "layout_of",
+    "make_config",
     "reinit_units",
 ]

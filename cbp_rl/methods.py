@@ -11,7 +11,7 @@ Each is an ``nn.Module`` whose ``state_dict()`` holds its counters and random st
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -24,9 +24,10 @@ from cbp_rl.cbp import (
     replacement_bound,
     reset_units_optimizer_state,
 )
+from cbp_rl.discovery import ExampleInputs, find_hidden_layers
 from cbp_rl.metrics import dormant_mask
 from cbp_rl.nets import validate_init
-from cbp_rl.units import ActivationRecorder, LayerSpec, resolve_hidden_layers
+from cbp_rl.units import ActivationRecorder, LayerSpec
 
 
 def _seed_or_draw(seed: int | None) -> int:
@@ -42,7 +43,8 @@ class ReDo(nn.Module):
     ``threshold`` with the same incoming/outgoing treatment as CBP. When a layer's mean
     activation is zero every unit of it counts as dormant. The reference PPO (threshold 0.1,
     period 100) does not reset optimizer state; ``reset_optimizer_state=True`` zeroes the moments
-    of the reinitialized weights, as the ReDo paper does.
+    of the reinitialized weights, as the ReDo paper does. Hidden layers are found as
+    :class:`ContinualBackprop` finds them (``example_inputs``, ``example_call``, ``layers``).
     """
 
     calls: Tensor
@@ -58,6 +60,8 @@ class ReDo(nn.Module):
         init: str = "kaiming",
         reset_optimizer_state: bool = False,
         layers: Sequence[LayerSpec] | None = None,
+        example_inputs: ExampleInputs | None = None,
+        example_call: Callable[..., Any] | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -68,7 +72,11 @@ class ReDo(nn.Module):
         validate_init(init)
         self.threshold = float(threshold)
         self.period = int(period)
-        self.hidden_layers = tuple(resolve_hidden_layers(net, layers))
+        found = find_hidden_layers(
+            net, layers=layers, example_inputs=example_inputs, example_call=example_call
+        )
+        self.hidden_layers = found.hidden
+        self.left_out = found.left_out
         self.optimizer = opt
         self.reset_optimizer = check_optimizer_reset(opt, reset_optimizer_state)
         self.bounds = tuple(replacement_bound(layer, init) for layer in self.hidden_layers)
@@ -123,6 +131,11 @@ class ShrinkAndPerturb(nn.Module):
     perturb with ``noise_std`` (1e-4 .. 1e-6) here, weights and biases alike; ``shrink`` (< 1)
     applies the shrink directly instead. Noise comes from a generator of its own on the
     parameters' device, so runs are reproducible under ``seed``.
+
+    ``per_unit=True`` (``params`` a network) shrinks and perturbs only the hidden units: the
+    incoming weights and biases of the hidden layers :class:`ContinualBackprop` would find
+    (``example_inputs``, ``example_call``, ``layers`` as there), leaving the output layer, the
+    left-out layers and the norms alone.
     """
 
     def __init__(
@@ -131,6 +144,10 @@ class ShrinkAndPerturb(nn.Module):
         *,
         noise_std: float,
         shrink: float = 1.0,
+        per_unit: bool = False,
+        layers: Sequence[LayerSpec] | None = None,
+        example_inputs: ExampleInputs | None = None,
+        example_call: Callable[..., Any] | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -138,7 +155,7 @@ class ShrinkAndPerturb(nn.Module):
             raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         if not 0.0 < shrink <= 1.0:
             raise ValueError(f"shrink must be in (0, 1], got {shrink}")
-        tensors = params.parameters() if isinstance(params, nn.Module) else params
+        tensors = _unit_parameters(params, layers, example_inputs, example_call, per_unit)
         self._params = [p for p in tensors if p.requires_grad]
         if not self._params:
             raise ValueError("ShrinkAndPerturb got no trainable parameters")
@@ -164,6 +181,27 @@ class ShrinkAndPerturb(nn.Module):
                     param.shape, generator=self._generator, device=param.device, dtype=param.dtype
                 )
                 param.add_(noise, alpha=self.noise_std)
+
+
+def _unit_parameters(
+    params: nn.Module | Iterable[Tensor],
+    layers: Sequence[LayerSpec] | None,
+    example_inputs: ExampleInputs | None,
+    example_call: Callable[..., Any] | None,
+    per_unit: bool,
+) -> Iterable[Tensor]:
+    """Every parameter, or with ``per_unit`` the hidden units' incoming weights and biases."""
+    if not per_unit:
+        if layers is not None or example_inputs is not None:
+            raise ValueError("layers= and example_inputs= choose units: pass per_unit=True too")
+        return params.parameters() if isinstance(params, nn.Module) else params
+    if not isinstance(params, nn.Module):
+        raise ValueError("per_unit=True finds the hidden units of a network: pass the nn.Module")
+    found = find_hidden_layers(
+        params, layers=layers, example_inputs=example_inputs, example_call=example_call
+    )
+    incoming = [layer.incoming for layer in found.hidden]
+    return [t for m in incoming for t in (m.weight, m.bias) if isinstance(t, Tensor)]
 
 
 __all__ = ["ReDo", "ShrinkAndPerturb"]

@@ -8,6 +8,8 @@ Unit measures, on the activations ``h`` of one hidden layer:
 
 - dead unit fraction: the fraction of units with ``h_j = 0`` on every example and every position
   (Dohare et al. 2024; 2000 examples at the start of each task in permuted MNIST).
+- inactive unit fraction: the fraction of units non-zero on less than a threshold (0.01) of the
+  examples and positions (the "dormant units" of the reference's class-incremental CIFAR).
 - dormant ratio (ReDo, Sokar et al. 2023): ``score_j = a_j / mean_k a_k`` with
   ``a_j = mean_{M,P} |h_j|``; the fraction of units with ``score_j <= tau``. Every unit counts
   as dormant when the layer's mean ``mean_k a_k`` is 0. ``tau = 0`` counts units whose output is
@@ -42,18 +44,19 @@ and returns them as flat keys (``dead_units/0``, ``effective_rank/mean``, ...; s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from cbp_rl.discovery import ExampleInputs, find_hidden_layers
 from cbp_rl.units import (
     WEIGHT_LAYERS,
     HiddenLayer,
     LayerSpec,
     probe_activations,
-    resolve_hidden_layers,
 )
 
 WeightSource = nn.Module | Tensor | Iterable[nn.Module | Tensor]
@@ -98,6 +101,17 @@ def dead_unit_fraction(activations: Tensor) -> float:
     acts = _as_units_3d(activations)
     alive = (acts != 0).any(dim=2).any(dim=0)
     return float((~alive).sum().item()) / acts.shape[1]
+
+
+def inactive_unit_fraction(activations: Tensor, threshold: float = 0.01) -> float:
+    """Fraction of units that are non-zero on less than ``threshold`` of the examples and
+    positions: the "dormant units" of the reference's class-incremental CIFAR analysis
+    (threshold 0.01). ``threshold = 0`` counts no unit; a dead unit always counts when > 0."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    acts = _as_units_3d(activations)
+    active = (acts != 0).to(torch.float64).mean(dim=(0, 2))
+    return float((active < threshold).sum().item()) / acts.shape[1]
 
 
 def unit_mean_abs(activations: Tensor) -> Tensor:
@@ -390,8 +404,10 @@ def action_saturation(
 class PlasticityProbe:
     """The plasticity measures of a network on a probe batch, as flat ``dict[str, float]`` keys.
 
-    Hidden layer ``i = 0, 1, ...`` (in :func:`cbp_rl.units.discover_hidden_layers` order, or as
-    given in ``layers``) gives, for each selected measure:
+    Hidden layer ``i = 0, 1, ...`` (found as :class:`~cbp_rl.ContinualBackprop` finds them:
+    from the forward pass on ``example_inputs`` (run through ``example_call`` if given, which
+    :meth:`measure` then also uses), in a plain ``nn.Sequential`` chain, or as given in
+    ``layers``) gives, for each selected measure:
 
     - ``dead_units/{i}``, ``dead_units/mean`` (over layers), ``dead_units/all`` (over all units)
     - ``dormant/{i}``, ``dormant/mean``, ``dormant/all``: ReDo ratio with ``dormant_tau``
@@ -418,6 +434,8 @@ class PlasticityProbe:
         *,
         dormant_tau: float = 0.0,
         measures: Collection[str] | None = None,
+        example_inputs: ExampleInputs | None = None,
+        example_call: Callable[..., Any] | None = None,
     ) -> None:
         if dormant_tau < 0:
             raise ValueError(f"dormant_tau must be >= 0, got {dormant_tau}")
@@ -430,7 +448,11 @@ class PlasticityProbe:
                 f"unknown measures {unknown}; valid measures are {', '.join(MEASURES)}"
             )
         self.net = net
-        self.layers: list[HiddenLayer] = resolve_hidden_layers(net, layers)
+        found = find_hidden_layers(
+            net, layers=layers, example_inputs=example_inputs, example_call=example_call
+        )
+        self.layers: list[HiddenLayer] = list(found.hidden)
+        self.call = example_call
         self.dormant_tau = dormant_tau
         self.measures: frozenset[str] = frozenset(chosen)
         names = {id(w): name for name, w in named_weights(net).items()}
@@ -461,7 +483,7 @@ class PlasticityProbe:
         modes = [(module, module.training) for module in self.net.modules()]
         self.net.eval()
         try:
-            return probe_activations(self.net, inputs, self.layers)
+            return probe_activations(self.net, inputs, self.layers, self.call)
         finally:
             for module, mode in modes:
                 module.training = mode

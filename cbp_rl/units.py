@@ -1,22 +1,36 @@
-"""Finding the hidden units of a network, and recording their activations.
+"""Hidden layers of a network, and recording their activations.
 
-A hidden layer is ``incoming (Linear | Conv2d) -> [LayerNorm | BatchNorm] -> activation ->
-[Dropout, pooling, Flatten] -> outgoing (Linear | Conv2d)``. Its units are the incoming layer's
-output features (or channels). CBP, ReDo and the plasticity measures all work on this structure.
+A hidden layer is ``incoming (Linear | Conv1d/2d/3d) -> [norm] -> activation -> [Dropout, pooling,
+Flatten] -> outgoing (Linear | Conv)``. Its units are the incoming layer's output features (or
+channels). CBP, ReDo and the plasticity measures all work on this structure;
+:mod:`cbp_rl.discovery` finds it in a network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.nets import activation_gain, make_activation
+from cbp_rl.nets import activation_gain
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
-NORM_LAYERS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WEIGHT_LAYERS = (nn.Linear, *CONV_LAYERS)
+NORM_LAYERS = (
+    nn.LayerNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+SHARED_STATISTICS_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+"""Norms whose statistics span several units: a new unit shifts its neighbours' outputs."""
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+RECURRENT_LAYERS = (nn.RNNBase, nn.RNNCellBase)
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -32,22 +46,44 @@ ACTIVATIONS = (
     nn.Tanh,
     nn.Sigmoid,
     nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
 )
-NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus)
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
 # Modules that may sit between an activation and the next weight layer without changing units
 # (each keeps non-negative activations non-negative).
 PASS_THROUGH = (
     nn.Flatten,
     nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
     nn.Identity,
+    nn.MaxPool1d,
     nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
     nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 
-WeightLayer = nn.Linear | nn.Conv2d
-NormLayer = nn.LayerNorm | nn.BatchNorm1d | nn.BatchNorm2d
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+NormLayer = (
+    nn.LayerNorm | nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.GroupNorm | nn.RMSNorm
+)
+
+
+class LeftOut(NamedTuple):
+    """A weight layer whose output features are not CBP units, and why."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,16 +100,21 @@ class HiddenLayer:
     modules follow it, so the recorded activations satisfy ``|h| = h``."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.incoming, WEIGHT_LAYERS):
-            raise TypeError(f"incoming layer must be Linear or Conv2d, got {type(self.incoming)}")
-        if not isinstance(self.outgoing, WEIGHT_LAYERS):
-            raise TypeError(f"outgoing layer must be Linear or Conv2d, got {type(self.outgoing)}")
-        if isinstance(self.outgoing, nn.Conv2d) and not isinstance(self.incoming, nn.Conv2d):
-            raise TypeError("a Linear layer cannot feed a Conv2d layer as a hidden layer")
+        where = f"hidden layer {self.name or '?'}"
+        for role, layer in (("incoming", self.incoming), ("outgoing", self.outgoing)):
+            check_weight_layer(layer, f"{where}: the {role} layer")
+        if isinstance(self.outgoing, CONV_LAYERS) and not same_conv_kind(
+            self.incoming, self.outgoing
+        ):
+            raise TypeError(
+                f"{where}: a {type(self.incoming).__name__} cannot feed a "
+                f"{type(self.outgoing).__name__} as a hidden layer (the units would not be its "
+                "input channels)"
+            )
         read = _inputs_of(self.outgoing)
         if read % self.num_units:
             raise ValueError(
-                f"hidden layer {self.name or '?'}: the outgoing layer reads {read} inputs, "
+                f"{where}: the outgoing layer reads {read} inputs, "
                 f"which is not a multiple of the {self.num_units} units of the incoming layer"
             )
         if self.norm is not None:
@@ -81,10 +122,14 @@ class HiddenLayer:
 
     @property
     def num_units(self) -> int:
-        """Output features of a Linear, output channels of a Conv2d."""
+        """Output features of a Linear, output channels of a conv."""
         if isinstance(self.incoming, nn.Linear):
             return self.incoming.out_features
         return self.incoming.out_channels
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.incoming, CONV_LAYERS)
 
     @property
     def outputs_per_unit(self) -> int:
@@ -101,7 +146,7 @@ class HiddenLayer:
     def outgoing_weight_view(self) -> tuple[Tensor, int]:
         """The outgoing weight with one dimension per unit, and the index of that dimension.
 
-        Linear ``[out, units]`` (dim 1), Conv2d ``[out, units, kh, kw]`` (dim 1), Linear after a
+        Linear ``[out, units]`` (dim 1), conv ``[out, units, *kernel]`` (dim 1), Linear after a
         Flatten ``[out, units, H*W]`` (dim 1): a channel owns ``H*W`` consecutive columns.
         """
         weight = self.outgoing.weight
@@ -110,79 +155,60 @@ class HiddenLayer:
         return weight, 1
 
 
+def same_conv_kind(first: nn.Module, second: nn.Module) -> bool:
+    """Whether both are convolutions over the same number of spatial dimensions."""
+    if not (isinstance(first, CONV_LAYERS) and isinstance(second, CONV_LAYERS)):
+        return False
+    return len(first.kernel_size) == len(second.kernel_size)
+
+
+def check_weight_layer(layer: object, what: str) -> None:
+    """Raise a clear error unless ``layer`` is a Linear or an ungrouped conv."""
+    if isinstance(layer, RECURRENT_LAYERS):
+        raise TypeError(
+            f"{what} is a recurrent layer ({type(layer).__name__}): its units mix over time "
+            "through gates, so CBP cannot replace one with new incoming and zero outgoing "
+            "weights. Apply CBP to the feed-forward layers around it"
+        )
+    if not isinstance(layer, WEIGHT_LAYERS):
+        raise TypeError(f"{what} must be Linear or Conv1d/2d/3d, got {type(layer).__name__}")
+    if isinstance(layer, CONV_LAYERS) and layer.groups != 1:
+        raise ValueError(
+            f"{what} is a grouped convolution (groups={layer.groups}, depthwise when groups "
+            "equals the channels): its weight holds no column per input channel to zero. Leave "
+            "it out of layers= (discovery leaves such layers out by itself)"
+        )
+
+
 def _inputs_of(layer: WeightLayer) -> int:
     return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
 def _check_norm(norm: nn.Module, num_units: int) -> None:
-    if isinstance(norm, nn.LayerNorm):
+    if isinstance(norm, nn.LayerNorm | nn.RMSNorm):
         if tuple(norm.normalized_shape) != (num_units,):
             raise ValueError(
-                f"LayerNorm over {tuple(norm.normalized_shape)} does not normalize the "
-                f"{num_units} units one entry each"
+                f"{type(norm).__name__} over {tuple(norm.normalized_shape)} does not normalize "
+                f"the {num_units} units one entry each"
             )
-    elif isinstance(norm, nn.BatchNorm1d | nn.BatchNorm2d):
+    elif isinstance(norm, BATCH_NORMS):
         if norm.num_features != num_units:
             raise ValueError(f"BatchNorm of {norm.num_features} features after {num_units} units")
+    elif isinstance(norm, nn.GroupNorm):
+        if norm.num_channels != num_units:
+            raise ValueError(f"GroupNorm of {norm.num_channels} channels after {num_units} units")
     else:
-        raise TypeError(f"norm must be LayerNorm or BatchNorm, got {type(norm)}")
+        names = ", ".join(t.__name__ for t in NORM_LAYERS)
+        raise TypeError(f"norm must be one of {names}; got {type(norm).__name__}")
 
 
-def _leaves(module: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    for name, child in module.named_modules():
-        if not any(True for _ in child.children()):
-            yield name, child
-
-
-def _fits(incoming: WeightLayer, outgoing: WeightLayer) -> bool:
-    units = incoming.out_features if isinstance(incoming, nn.Linear) else incoming.out_channels
-    if isinstance(outgoing, nn.Conv2d):
-        return isinstance(incoming, nn.Conv2d) and outgoing.in_channels == units
-    if isinstance(incoming, nn.Linear):
-        return outgoing.in_features == units
-    return outgoing.in_features % units == 0
-
-
-def _norm_fits(norm: nn.Module, incoming: WeightLayer) -> bool:
-    units = incoming.out_features if isinstance(incoming, nn.Linear) else incoming.out_channels
+def norm_fits(norm: nn.Module, num_units: int) -> bool:
+    """Whether ``norm`` normalizes ``num_units`` units one entry each."""
     try:
-        _check_norm(norm, units)
+        _check_norm(norm, num_units)
     except (ValueError, TypeError):
         return False
     return True
-
-
-def discover_hidden_layers(net: nn.Module) -> list[HiddenLayer]:
-    """The hidden layers of ``net``, found in the order its modules are registered.
-
-    This matches the forward pass for ``nn.Sequential`` and for modules that register their
-    layers in the order they use them. A weight layer, an optional norm, an activation module,
-    pass-through modules (Dropout, pooling, Flatten) and a weight layer whose input size fits
-    make one hidden layer. Anything else breaks the chain.
-    """
-    found: list[HiddenLayer] = []
-    incoming: tuple[str, WeightLayer] | None = None
-    norm: NormLayer | None = None
-    activation: nn.Module | None = None
-    for name, leaf in _leaves(net):
-        if isinstance(leaf, WEIGHT_LAYERS):
-            if incoming is not None and activation is not None and _fits(incoming[1], leaf):
-                nonnegative = isinstance(activation, NONNEGATIVE_ACTIVATIONS)
-                found.append(
-                    HiddenLayer(incoming[1], activation, leaf, norm, incoming[0], nonnegative)
-                )
-            incoming, norm, activation = (name, leaf), None, None
-        elif isinstance(leaf, NORM_LAYERS) and incoming is not None and activation is None:
-            norm = leaf if _norm_fits(leaf, incoming[1]) else None
-            if norm is None:
-                incoming = None
-        elif isinstance(leaf, ACTIVATIONS) and incoming is not None and activation is None:
-            activation = leaf
-        elif isinstance(leaf, PASS_THROUGH) and activation is not None:
-            continue
-        else:
-            incoming, norm, activation = None, None, None
-    return found
 
 
 LayerSpec = (
@@ -190,40 +216,7 @@ LayerSpec = (
     | tuple[WeightLayer, nn.Module | str | None, WeightLayer]
     | tuple[WeightLayer, nn.Module | str | None, WeightLayer, NormLayer | None]
 )
-
-
-def resolve_hidden_layers(net: nn.Module, layers: Sequence[LayerSpec] | None) -> list[HiddenLayer]:
-    """Explicit ``layers`` (tuples ``(incoming, activation, outgoing[, norm])``) or discovery.
-
-    Raises ``ValueError`` when no hidden layer can be found.
-    """
-    if layers is None:
-        found = discover_hidden_layers(net)
-        if not found:
-            raise ValueError(
-                f"found no hidden layer in {type(net).__name__}: expected Linear/Conv2d -> "
-                "[norm] -> activation module -> Linear/Conv2d in registration order. Pass the "
-                "structure explicitly: layers=[(incoming, activation, outgoing[, norm]), ...]"
-            )
-        return found
-    resolved = []
-    names = {module: name for name, module in net.named_modules()}
-    for spec in layers:
-        if isinstance(spec, HiddenLayer):
-            resolved.append(spec)
-            continue
-        if len(spec) not in (3, 4):
-            raise ValueError(
-                f"a layer spec is (incoming, activation, outgoing[, norm]); got {len(spec)} items"
-            )
-        incoming, activation, outgoing = spec[0], spec[1], spec[2]
-        norm = spec[3] if len(spec) == 4 else None
-        if isinstance(activation, str):
-            activation = make_activation(activation)
-        resolved.append(HiddenLayer(incoming, activation, outgoing, norm, names.get(incoming, "")))
-    if not resolved:
-        raise ValueError("layers= is empty: give at least one (incoming, activation, outgoing)")
-    return resolved
+"""An explicit hidden layer: ``(incoming, activation, outgoing[, norm])`` or a HiddenLayer."""
 
 
 def units_first(tensor: Tensor, unit_dim: int, lead_dims: int = 0) -> Tensor:
@@ -234,7 +227,7 @@ def units_first(tensor: Tensor, unit_dim: int, lead_dims: int = 0) -> Tensor:
 def as_unit_activations(hidden: Tensor, num_units: int, conv: bool) -> Tensor:
     """Activations as ``[M, units, P]``: M examples, P positions per unit (1 for an MLP).
 
-    Accepts ``[B, units]``, ``[..., units]`` (Linear), ``[B, C, H, W]`` (Conv2d) and a flattened
+    Accepts ``[B, units]``, ``[..., units]`` (Linear), ``[B, C, *S]`` (conv) and a flattened
     ``[B, C*H*W]`` read by a Linear layer. No copy is made.
     """
     if conv or hidden.shape[-1] != num_units:
@@ -253,9 +246,7 @@ class ActivationRecorder:
     def __init__(self, layers: Sequence[HiddenLayer]) -> None:
         self.layers = list(layers)
         self._latest: list[Tensor | None] = [None] * len(self.layers)
-        self._units = [
-            (layer.num_units, isinstance(layer.incoming, nn.Conv2d)) for layer in self.layers
-        ]
+        self._units = [(layer.num_units, layer.is_conv) for layer in self.layers]
         self._handles = [
             layer.outgoing.register_forward_pre_hook(self._make_hook(index))
             for index, layer in enumerate(self.layers)
@@ -308,12 +299,16 @@ class ActivationRecorder:
 
 @torch.no_grad()
 def probe_activations(
-    net: nn.Module, inputs: Tensor, layers: Sequence[HiddenLayer]
+    net: nn.Module,
+    inputs: Tensor,
+    layers: Sequence[HiddenLayer],
+    call: Callable[[Tensor], object] | None = None,
 ) -> list[Tensor]:
-    """Run ``inputs`` through ``net``; each hidden layer's activations as ``[M, units, P]``."""
+    """Run ``inputs`` through ``net`` (or ``call``); each hidden layer's activations as
+    ``[M, units, P]``."""
     recorder = ActivationRecorder(layers)
     try:
-        net(inputs)
+        (net if call is None else call)(inputs)
         return [h if h.ndim == 3 else h.unsqueeze(-1) for h in recorder.latest()]
     finally:
         recorder.remove()

@@ -184,7 +184,8 @@ def test_ready_spec_validates(path: Path) -> None:
     expected cost is written in it; nothing runs."""
     spec = load_spec(path)
     runs = expand(spec)
-    assert spec.expected_cpu_hours is not None and spec.expected_cpu_hours > 0
+    hours = spec.expected_gpu_hours if spec.expected_gpu_hours else spec.expected_cpu_hours
+    assert hours is not None and hours > 0  # GPU workloads state GPU-hours
     assert len({run.name for run in runs}) == len(runs)
     if spec.command.name == "ppo":
         assert len(spec.seeds) == 30

@@ -4,6 +4,11 @@ Each ``DIR`` is a sweep folder (``python -m cbp_rl.sweep``; every run of it, one
 setting) or a run directory. A run directory is read into named :class:`Series` (values per
 seed against an x axis) by the first reader of :data:`READERS` that understands it:
 
+* a ``results.npz`` of ``continual-imagenet`` or ``incremental-cifar`` (told by its ``kind``):
+  ``test_accuracy`` per task (%; for CIFAR of the early-stopped network), ``dead_units`` and
+  ``dormant_units`` (% over hidden layers), ``effective_rank`` and ``stable_rank`` (last hidden
+  layer), ``weight_magnitude`` (mean |p| over all parameters), ``replacements``; and
+  ``train_accuracy`` (ImageNet) or ``epoch_test_accuracy`` (CIFAR, against epochs);
 * a ``results.npz`` (online permuted MNIST) gives the thesis's figures: ``accuracy`` (online
   accuracy per task, %), ``loss``, ``dead_units`` (% of hidden units), ``weight_magnitude``
   (mean |W| over all weights), ``effective_rank`` and ``rank99`` (last hidden layer),
@@ -71,6 +76,8 @@ IGNORED_CONFIG_KEYS = (
     "examples",
     "data.data_dir",
     "data.download",
+    "data_dir",
+    "download",
 )
 """Config fields (dotted, with everything below them) that do not make a different setting."""
 
@@ -205,6 +212,73 @@ def read_results(path: Path) -> Run | None:
     return Run(path, _read_config(path), series, figures, performance="accuracy")
 
 
+EPOCH = "epoch"
+CONV_FIGURES: dict[str, dict[str, Figure]] = {
+    "continual-imagenet": {
+        "test_accuracy": Figure("Test accuracy at the end of each task", "test accuracy (%)", TASK),
+        "train_accuracy": Figure("Train accuracy, last epoch of each task", "accuracy (%)", TASK),
+        "dead_units": Figure("Dead units at the start of each task", "dead units (%)", TASK),
+        "dormant_units": Figure("Dormant units at the start of each task", "dormant (%)", TASK),
+        "effective_rank": Figure("Effective rank of the last hidden layer", "effective rank", TASK),
+        "stable_rank": Figure("Stable rank of the last hidden layer", "stable rank", TASK),
+        "weight_magnitude": Figure("Average weight magnitude", "mean |p|", TASK),
+        "replacements": Figure("Units reinitialized per task", "units per task", TASK),
+    },
+    "incremental-cifar": {
+        "test_accuracy": Figure("Test accuracy of each task's final network", "accuracy (%)", TASK),
+        "epoch_test_accuracy": Figure("Test accuracy per epoch", "test accuracy (%)", EPOCH),
+        "dormant_units": Figure("Dormant units at the start of each task", "dormant (%)", TASK),
+        "dead_units": Figure("Dead units at the start of each task", "dead units (%)", TASK),
+        "effective_rank": Figure("Effective rank of the pooled features", "effective rank", TASK),
+        "stable_rank": Figure("Stable rank of the pooled features", "stable rank", TASK),
+        "weight_magnitude": Figure("Average weight magnitude", "mean |p|", TASK),
+        "replacements": Figure("Units reinitialized per task", "units per task", TASK),
+    },
+}
+"""The figures of the convolutional commands' ``results.npz``, by its ``kind``."""
+
+
+def read_conv_results(path: Path) -> Run | None:
+    """A ``continual-imagenet`` or ``incremental-cifar`` run directory (its ``results.npz``)."""
+    file = path / RESULTS_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as data:
+        if "kind" not in data.files or str(data["kind"]) not in CONV_FIGURES:
+            return None
+        arrays = {name: data[name] for name in data.files}
+    kind = str(arrays["kind"])
+    done = int(arrays["tasks_done"])
+    x = np.arange(1, done + 1, dtype=np.float64)
+
+    def per_task(name: str) -> np.ndarray:
+        return np.asarray(arrays[name][:done], dtype=np.float64)
+
+    series = {
+        "test_accuracy": Series(x, 100.0 * per_task("task_test_accuracy")[None, :]),
+        "dead_units": Series(x, 100.0 * per_task("dead_units").mean(axis=1)[None, :]),
+        "dormant_units": Series(x, 100.0 * per_task("dormant_units").mean(axis=1)[None, :]),
+        "effective_rank": Series(x, per_task("effective_rank")[None, :, -1]),
+        "stable_rank": Series(x, per_task("stable_rank")[None, :, -1]),
+        "weight_magnitude": Series(x, per_task("weight_magnitude_all")[None, :]),
+    }
+    if kind == "continual-imagenet":
+        series["train_accuracy"] = Series(x, 100.0 * per_task("task_train_accuracy")[None, :])
+    else:
+        epochs = int(np.sum(np.isfinite(arrays["epoch_test_accuracy"])))
+        accuracy = np.asarray(arrays["epoch_test_accuracy"][:epochs], dtype=np.float64)
+        series["epoch_test_accuracy"] = Series(
+            np.arange(1, epochs + 1, dtype=np.float64), 100.0 * accuracy[None, :]
+        )
+    figures = dict(CONV_FIGURES[kind])
+    replaced = per_task("replacements")
+    if np.nansum(replaced) > 0:
+        series["replacements"] = Series(x, replaced.sum(axis=1)[None, :])
+    else:
+        figures.pop("replacements")
+    return Run(path, _read_config(path), series, figures, performance="test_accuracy")
+
+
 RL_MEASURES: dict[str, tuple[str, float, Figure]] = {
     "dead_units": (
         "all",
@@ -305,7 +379,13 @@ def _one_seed(points: tuple[np.ndarray, np.ndarray]) -> Series:
     return Series(points[0], points[1][None, :])
 
 
-READERS: list[Reader] = [read_binned_results, read_results, read_rl_run, read_event_files]
+READERS: list[Reader] = [
+    read_binned_results,
+    read_conv_results,
+    read_results,
+    read_rl_run,
+    read_event_files,
+]
 """Tried in order; the first that returns a :class:`Run` reads the directory."""
 
 
