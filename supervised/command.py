@@ -23,7 +23,7 @@ from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import run
+from cbp_rl.supervised.experiment import COMMAND_NAME, METRIC, UNIT, budget, run
 
 PROG = "python -m cbp_rl.train pmnist"
 
@@ -114,14 +114,14 @@ def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Me
 
 
 COMMAND = Command(
-    name="pmnist",
+    name=COMMAND_NAME,
     summary="online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
     main=main,
     parse=parse,
     config=PermutedMNISTConfig,
-    metric="accuracy",
-    unit="examples",
-    budget=lambda config: int(config.tasks * config.examples_per_task),
+    metric=METRIC,
+    unit=UNIT,
+    budget=budget,
     budget_flags=("--tasks",),
     reserved=("seed", "seeds", "run-dir", "resume"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
