@@ -281,11 +281,12 @@ class PendingUpdates:
 class BatchedLearner:
     """S seeds of one learner on one stacked MLP.
 
-    >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
-    >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
-    >>> engine.step(x, y)
-    >>> engine.weights[0].shape
-    torch.Size([2, 784, 8])
+    Examples:
+        >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
+        >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
+        >>> engine.step(x, y)
+        >>> engine.weights[0].shape
+        torch.Size([2, 784, 8])
 
     Args:
         network: the MLP.
@@ -295,7 +296,8 @@ class BatchedLearner:
             collected over this many steps and applied as one rank-k update (see
             :class:`PendingUpdates`); the network computes with the updated weights at every
             step all the same. 1 applies every update at once.
-        device, dtype: where and in what the tensors live.
+        device: where the tensors live.
+        dtype: their floating-point type.
     """
 
     def __init__(
