@@ -122,11 +122,13 @@ def commands_in(text: str) -> list[tuple[str, str, list[str]]]:
 @cache
 def help_text(module: str, subcommand: str) -> str:
     argv = [sys.executable, "-m", module, *([subcommand] if subcommand else []), "--help"]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    wide = {**os.environ, "COLUMNS": "200"}  # flags are never wrapped
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env=wide)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
+@pytest.mark.slow
 def test_commands_in_docs_have_their_flags() -> None:
     """Each flag of a documented command appears in that command's ``--help``."""
     unknown = []
@@ -164,6 +166,35 @@ def tree_in(page: str) -> set[str]:
     return files
 
 
+TRAIN = [("cbp_rl.train", name) for name in SUBCOMMANDS["cbp_rl.train"]]
+SWEEP = [("cbp_rl.sweep", ""), *(("cbp_rl.sweep", name) for name in SUBCOMMANDS["cbp_rl.sweep"])]
+# The commands whose flags a guide page documents (in tables and prose, not only in commands).
+EVALUATE, PLOT = ("cbp_rl.evaluate", ""), ("cbp_rl.plot", "")
+PAGE_COMMANDS = {
+    "ppo.md": [("cbp_rl.train", "ppo"), EVALUATE],
+    "sac.md": [("cbp_rl.train", "sac"), EVALUATE],
+    "pmnist.md": [("cbp_rl.train", "pmnist"), PLOT],
+    "evaluate.md": [EVALUATE],
+    "sweep.md": [*SWEEP, *TRAIN, PLOT],
+    "plot.md": [PLOT, *TRAIN],
+    "envs.md": TRAIN,
+}
+OTHER_TOOLS_FLAGS = {"--logdir"}  # tensorboard --logdir runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PAGE_COMMANDS))
+def test_guide_pages_document_real_flags(name: str) -> None:
+    """Every ``--flag`` a command's guide names anywhere is a flag of its commands."""
+    page = DOCS / name
+    text = "".join(help_text(*command) for command in PAGE_COMMANDS[name])
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", page.read_text()))
+    unknown = sorted(
+        flag for flag in flags - OTHER_TOOLS_FLAGS if not re.search(rf"{re.escape(flag)}\b", text)
+    )
+    assert not unknown, f"docs/{name} names flags its commands do not have: {unknown}"
+
+
 def test_architecture_page_draws_the_tree() -> None:
     """docs/architecture.md's tree holds every module of the package, and no other."""
     drawn = tree_in((DOCS / "architecture.md").read_text())
@@ -177,6 +208,22 @@ def test_architecture_page_draws_the_tree() -> None:
     assert not drawn - real, (
         f"docs/architecture.md shows files that do not exist: {sorted(drawn - real)}"
     )
+
+
+def test_readme_layer_quickstart_runs() -> None:
+    """The README's Python quickstart, on a stream of random digits-sized batches."""
+    import torch
+
+    code = (ROOT / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    generator = torch.Generator().manual_seed(0)
+    stream = [
+        (torch.rand(8, 784, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+        for _ in range(400)
+    ]
+    namespace: dict[str, object] = {"stream": stream}
+    exec(code, namespace)
+    cbp = namespace["cbp"]
+    assert sum(cbp.replacement_counts()) > 0  # type: ignore[attr-defined]
 
 
 def test_readme_is_short_and_ci_runs_its_test_command() -> None:
