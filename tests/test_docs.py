@@ -2,7 +2,7 @@
 
 * ``mkdocs build --strict`` (a broken link, anchor or API reference fails it);
 * every docstring example of every module of the installed package runs and passes (doctest);
-* every project path cited in README.md and docs/ exists;
+* every project path and every ``cbp_rl.`` name cited in README.md and docs/ exists;
 * every flag given to a ``python -m cbp_rl...`` command in them is a flag of that command;
 * the architecture page names every module of the tree;
 * README.md stays short, and CI (``.ci/run``) runs its test command.
@@ -98,6 +98,30 @@ def test_cited_paths_exist(page: Path) -> None:
     assert not mapped, (
         f"{page.name}: source paths are agents/..., envs/..., supervised/...: {mapped}"
     )
+
+
+def resolves(dotted: str) -> bool:
+    """``cbp_rl.a.b.C`` is a module, or an attribute of the longest importable module prefix."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", USER_DOCS, ids=lambda page: str(page.relative_to(ROOT)))
+def test_cited_names_exist(page: Path) -> None:
+    """Every ``cbp_rl.x.Y`` the docs name is importable: modules, classes, functions."""
+    names = set(re.findall(r"(?<![\w.])(cbp_rl(?:\.[A-Za-z_]\w*)+)", page.read_text()))
+    missing = sorted(name for name in names if not resolves(name))
+    assert not missing, f"{page.name} names what cbp_rl does not have: {missing}"
 
 
 COMMAND = re.compile(r"python -m (cbp_rl\.(?:train|evaluate|sweep|plot))((?: [^\s`|#]+)*)")

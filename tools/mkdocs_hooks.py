@@ -26,6 +26,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 VIEW = ROOT / "build" / "api"
 NAV_TITLE = "API reference"
+# Docstrings name objects with Sphinx roles (:class:`X`); the page shows them as code.
+SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const):(?=<code>)")
 ALGORITHM_TITLE = "cbp_rl: the algorithm"
 ENTRY_POINTS_TITLE = "Entry points"
 
@@ -121,3 +123,10 @@ def on_files(files: Any, config: Any) -> Any:
     for page in PAGES:
         files.append(File.generated(config, page.path, content=page.markdown()))
     return files
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """Drop the Sphinx role prefixes (``:class:``) in front of code in the reference pages."""
+    if page.file.src_uri.startswith("api/"):
+        return SPHINX_ROLE.sub("", html)
+    return html
