@@ -5,15 +5,17 @@
     python -m cbp_rl.train pmnist --resume runs/bp100 --tasks 1600   # continue, exactly
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
-``--tasks``) needs to be given; changing anything else is refused.
+``--tasks``) needs to be given; changing anything else is refused. The parsing, resume and
+exit-code helpers here serve every supervised command (``regression`` too).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import tyro
 
@@ -23,9 +25,9 @@ from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import run
+from cbp_rl.supervised.experiment import COMMAND_NAME, METRIC, UNIT, budget, run
 
-PROG = "python -m cbp_rl.train pmnist"
+ConfigT = TypeVar("ConfigT")
 
 
 def _resume_dir(argv: Sequence[str]) -> Path | None:
@@ -37,44 +39,53 @@ def _resume_dir(argv: Sequence[str]) -> Path | None:
     return None
 
 
-def saved_config(run_dir: Path) -> PermutedMNISTConfig:
-    """The configuration a run directory was started with (its ``config.json``)."""
+def load_saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
+    """The ``cls`` configuration a ``command`` run directory was started with (``config.json``)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
-            "has no config.json: not a pmnist run directory",
+            f"has no config.json: not a {command} run directory",
             run_dir,
-            "pass the directory a `python -m cbp_rl.train pmnist` run wrote",
+            f"pass the directory a `python -m cbp_rl.train {command}` run wrote",
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
+    named = values.pop("command", command) if isinstance(values, dict) else command
+    if named != command:
+        raise CheckpointError(
+            f"is a {named} run directory, not a {command} one",
+            run_dir,
+            f"resume it with `python -m cbp_rl.train {named} --resume {run_dir}`",
+        )
     try:
-        config = config_from_dict(PermutedMNISTConfig, values)
+        config: ConfigT = config_from_dict(cls, values)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
-            f"config.json does not describe a pmnist run: {err}", path, "check the directory"
+            f"config.json does not describe a {command} run: {err}", path, "check the directory"
         ) from err
     return config
 
 
-def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
-    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> ConfigT:
+    """A ``cls`` configuration from command-line flags (with ``--resume``: over the saved one)."""
     resume = _resume_dir(argv)
     markers = (tyro.conf.OmitArgPrefixes,)
+    prog = f"python -m cbp_rl.train {command}"
     if resume is None:
-        return tyro.cli(PermutedMNISTConfig, args=list(argv), prog=PROG, config=markers)
-    default = saved_config(resume)
-    return tyro.cli(
-        PermutedMNISTConfig, args=list(argv), prog=PROG, default=default, config=markers
-    )
+        return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
+    default = load_saved_config(resume, cls, command)
+    return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
+def run_command(
+    argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]
+) -> int:
+    """Parse and run a supervised command; returns the exit code (2 for bad input, with the
+    reason on stderr; 1 when ``start`` reports that nothing was done)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse(args)
-        summary = run(config)
+        worked = start(config)
     except SystemExit as exit_:  # tyro: --help or a malformed flag
         code = exit_.code
         return code if isinstance(code, int) else 2
@@ -87,7 +98,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0 if summary.tasks_done or summary.stopped else 1
+    return 0 if worked else 1
+
+
+def saved_config(run_dir: Path) -> PermutedMNISTConfig:
+    """The configuration a pmnist run directory was started with (its ``config.json``)."""
+    return load_saved_config(run_dir, PermutedMNISTConfig, "pmnist")
+
+
+def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
+    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+    return parse_config(PermutedMNISTConfig, argv, "pmnist")
+
+
+def _start(config: PermutedMNISTConfig) -> bool:
+    summary = run(config)
+    return bool(summary.tasks_done or summary.stopped)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
+    return run_command(argv, parse, _start)
 
 
 def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -114,14 +145,14 @@ def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Me
 
 
 COMMAND = Command(
-    name="pmnist",
+    name=COMMAND_NAME,
     summary="online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
     main=main,
     parse=parse,
     config=PermutedMNISTConfig,
-    metric="accuracy",
-    unit="examples",
-    budget=lambda config: int(config.tasks * config.examples_per_task),
+    metric=METRIC,
+    unit=UNIT,
+    budget=budget,
     budget_flags=("--tasks",),
     reserved=("seed", "seeds", "run-dir", "resume"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],

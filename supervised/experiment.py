@@ -34,14 +34,28 @@ from cbp_rl.run.checkpoint import (
     check_compatible,
     to_jsonable,
 )
-from cbp_rl.run.logging import RunLogger, RunStatusWriter
+from cbp_rl.run.logging import RunStatusWriter
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.results import RunResults
+from cbp_rl.supervised.seedlogs import SeedLogs
 from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
+
+COMMAND_NAME = "pmnist"
+"""The command of these runs, ``python -m cbp_rl.train pmnist``."""
+METRIC = "accuracy"
+"""The performance measure: online accuracy, per task."""
+UNIT = "examples"
+"""What a run's budget counts."""
+
+
+def budget(config: PermutedMNISTConfig) -> int:
+    """A run's budget in :data:`UNIT`: every task's examples."""
+    return config.tasks * config.examples_per_task
+
 
 CHUNK_STEPS = 256
 """Updates whose inputs are gathered at once (chunks start at fixed offsets in a task, so a
@@ -99,10 +113,9 @@ class PermutedMNISTRun:
         self.plan: TaskPlan | None = None
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
-        self.loggers: list[RunLogger] = []
-        total = config.tasks * config.examples_per_task
+        self.logs: SeedLogs | None = None
         self.status = RunStatusWriter(
-            run_dir, command="pmnist", total=total, unit="examples", metric="accuracy"
+            run_dir, command=COMMAND_NAME, total=budget(config), unit=UNIT, metric=METRIC
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -112,30 +125,25 @@ class PermutedMNISTRun:
 
     def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
         """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
-        config = to_jsonable(self.config)
         step = None if resume_positions is None else self.task + 1
-        dirs = [self.run_dir] + [self.run_dir / f"seed_{s}" for s in self.config.seed_list]
-        configs = [config] + [{**config, "seed": s, "seeds": 1} for s in self.config.seed_list]
-        for index, (directory, cfg) in enumerate(zip(dirs, configs, strict=True)):
-            position = None if resume_positions is None else resume_positions[index]
-            self.loggers.append(
-                RunLogger(directory, cfg, resume_step=step, resume_position=position)
-            )
+        self.logs = SeedLogs(
+            self.run_dir,
+            to_jsonable(self.config),
+            self.config.seed_list,
+            resume_step=step,
+            resume_positions=resume_positions,
+        )
         if resume_positions is not None and self.position > 0:
             self._log_measures(self.task)  # the resumed task's start measures were purged
 
     def close(self) -> None:
-        for logger in self.loggers:
-            logger.close()
+        if self.logs is not None:
+            self.logs.close()
 
     def _log(self, values: dict[str, np.ndarray], step: int) -> None:
         """Log ``{tag: [S] values}``: per seed, and their mean in the root log."""
-        finite = {tag: v for tag, v in values.items() if np.all(np.isfinite(v))}
-        if not finite:
-            return
-        self.loggers[0].scalars({tag: float(np.mean(v)) for tag, v in finite.items()}, step)
-        for s, logger in enumerate(self.loggers[1:]):
-            logger.scalars({tag: float(v[s]) for tag, v in finite.items()}, step)
+        assert self.logs is not None
+        self.logs.log(values, step)
 
     def _log_measures(self, task: int) -> None:
         measures = self.results.measures_of(task)
@@ -273,7 +281,7 @@ class PermutedMNISTRun:
             "stream": self.stream.state_dict(),
             "results": self.results.state_dict(),
             "replaced_before": self.replaced_before,
-            "log_positions": [logger.position() for logger in self.loggers],
+            "log_positions": [] if self.logs is None else self.logs.positions(),
             "rng": capture_rng_state(),
         }
         self.checkpoints.save(self.examples_done, state)
@@ -344,7 +352,7 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
             f"{experiment.position:,} of {config.examples_per_task:,}"
         )
         return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / "pmnist", config.label())
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / COMMAND_NAME, config.label())
     experiment = PermutedMNISTRun(config, images, Path(run_dir))
     experiment.open_logs()
     return experiment
@@ -373,7 +381,7 @@ def run(
 
 def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
     experiment = prepare(config, log)
-    total = config.tasks * config.examples_per_task
+    total = budget(config)
     limit = total if stop_at_examples is None else min(total, stop_at_examples)
     try:
         with (
