@@ -126,7 +126,7 @@ def test_cited_names_exist(page: Path) -> None:
 
 COMMAND = re.compile(r"python -m (cbp_rl\.(?:train|evaluate|sweep|plot))((?: [^\s`|#]+)*)")
 SUBCOMMANDS = {
-    "cbp_rl.train": ("ppo", "sac", "pmnist"),
+    "cbp_rl.train": ("ppo", "sac", "pmnist", "regression"),
     "cbp_rl.sweep": ("status", "validate", "estimate"),
 }
 
@@ -144,7 +144,8 @@ def commands_in(text: str) -> list[tuple[str, str, list[str]]]:
 
 @cache
 def help_text(module: str, subcommand: str) -> str:
-    argv = [sys.executable, "-m", module, *([subcommand] if subcommand else []), "--help"]
+    runs = [module] if module.endswith(".py") else ["-m", module]  # a script, or a module
+    argv = [sys.executable, *runs, *([subcommand] if subcommand else []), "--help"]
     wide = {**os.environ, "COLUMNS": "200"}  # flags are never wrapped
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env=wide)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -197,6 +198,11 @@ PAGE_COMMANDS = {
     "ppo.md": [("cbp_rl.train", "ppo"), EVALUATE],
     "sac.md": [("cbp_rl.train", "sac"), EVALUATE],
     "pmnist.md": [("cbp_rl.train", "pmnist"), PLOT],
+    "regression.md": [
+        ("cbp_rl.train", "regression"),
+        PLOT,
+        ("experiments/regression_evidence.py", ""),
+    ],
     "evaluate.md": [EVALUATE],
     "sweep.md": [*SWEEP, *TRAIN, PLOT],
     "plot.md": [PLOT, *TRAIN],
