@@ -976,13 +976,14 @@ def check_optimizer_reset(
 class ContinualBackprop(GenerateAndTest):
     """Continual backpropagation for the hidden layers of any network.
 
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    >>> cbp = ContinualBackprop(net, opt, replacement_rate=1e-4, maturity_threshold=100)
-    >>> loss = net(torch.randn(3, 4)).pow(2).mean()
-    >>> opt.zero_grad(); loss.backward(); opt.step()
-    >>> cbp.step()   # generate-and-test on the activations of that forward pass
-    0
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        >>> cbp = ContinualBackprop(net, opt, replacement_rate=1e-4, maturity_threshold=100)
+        >>> loss = net(torch.randn(3, 4)).pow(2).mean()
+        >>> opt.zero_grad(); loss.backward(); opt.step()
+        >>> cbp.step()   # generate-and-test on the activations of that forward pass
+        0
 
     With ``example_inputs`` the hidden layers are found from one traced forward pass, in any
     network (see :mod:`cbp_rl.discovery`); with ``auto_step=True`` CBP steps itself after every

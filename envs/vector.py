@@ -224,13 +224,14 @@ class ExactSnapshot(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     only the generator and counter are kept (``snapshot["exact"]`` is False): the agents reset
     such envs on resume. Values are plain Python (bytes, ints, strings, lists, dicts).
 
-    >>> env = ExactSnapshot(gym.make("InvertedPendulum-v4"))
-    >>> _ = env.reset(seed=0)
-    >>> saved = env.snapshot
-    >>> first = env.step(np.zeros(1, dtype=np.float32))[0]
-    >>> env.snapshot = saved
-    >>> bool((env.step(np.zeros(1, dtype=np.float32))[0] == first).all())
-    True
+    Examples:
+        >>> env = ExactSnapshot(gym.make("InvertedPendulum-v4"))
+        >>> _ = env.reset(seed=0)
+        >>> saved = env.snapshot
+        >>> first = env.step(np.zeros(1, dtype=np.float32))[0]
+        >>> env.snapshot = saved
+        >>> bool((env.step(np.zeros(1, dtype=np.float32))[0] == first).all())
+        True
     """
 
     def __init__(self, env: gym.Env) -> None:

@@ -12,9 +12,12 @@ else the user cache ``~/.cache/cbp_rl/<dataset>`` plus system folders (Debian's
 ``dataset-fashion-mnist`` package puts Fashion-MNIST in ``/usr/share/datasets/fashion-mnist``).
 A directory may hold the files itself or in a ``mnist`` / ``fashion-mnist`` subfolder.
 
->>> images = load_images("mnist", "../shared/data/mnist", download=False)  # doctest: +SKIP
->>> images.images.shape, images.split
-((10000, 784), 'test')
+Examples:
+    With the MNIST files in ``$CBP_RL_DATA_DIR`` (or pass the folder as ``data_dir``):
+
+    >>> digits = load_images("mnist", split="test", download=False)
+    >>> digits.images.shape, digits.labels.shape, digits.split
+    ((10000, 784), (10000,), 'test')
 """
 
 from __future__ import annotations

@@ -348,11 +348,12 @@ class BatchedReDo:
 class BatchedLearner:
     """S seeds of one learner on one stacked MLP.
 
-    >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
-    >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
-    >>> engine.step(x, y)
-    >>> engine.weights[0].shape
-    torch.Size([2, 784, 8])
+    Examples:
+        >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
+        >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
+        >>> engine.step(x, y)
+        >>> engine.weights[0].shape
+        torch.Size([2, 784, 8])
 
     Args:
         network: the MLP.
@@ -365,7 +366,8 @@ class BatchedLearner:
         loss: ``cross_entropy`` (labels are class indices, ``take_totals`` counts correct
             predictions) or ``squared_error`` (one output, float targets; the summed loss is
             the summed squared error).
-        device, dtype: where and in what the tensors live.
+        device: where the tensors live.
+        dtype: their floating-point type.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Sweep specs: a TOML file naming a command, its settings and seeds, expanded into runs.
 
-A spec (see the README section "Experiments at scale")::
+A spec (see docs/sweep.md)::
 
     name = "ant_policy_collapse"        # default: the file's stem
     command = "ppo"                     # a command of cbp_rl.lab.commands: ppo, sac, pmnist, ...
