@@ -3,30 +3,25 @@
 ``parse_config`` reads flags into a frozen config dataclass. Defaults come, in order, from the run
 being resumed (``--resume DIR``: its ``config.json``), the preset named with ``--preset``, the
 ``cbp`` preset when ``--cbp`` is given, or the command's default preset; every flag given
-explicitly overrides them (``--preset l2 --weight-decay 1e-3``). ``run_command`` turns bad input
-into a message on stderr and exit code 2.
+explicitly overrides them (``--preset l2 --weight-decay 1e-3``). The exit codes and refusals are
+:mod:`cbp_rl.run.command`'s (``run_command`` is re-exported here).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import tyro
 
 from cbp_rl.agents.config import config_from_dict
-from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.command import COMMAND_KEY, UsageError, check_run_command, run_command
 from cbp_rl.run.logging import read_config
 
 __all__ = ["UsageError", "flag_value", "load_run_config", "parse_config", "run_command"]
 
 C = TypeVar("C")
-
-
-class UsageError(ValueError):
-    """Bad command-line input (exit code 2)."""
 
 
 def flag_value(argv: Sequence[str], flag: str) -> str | None:
@@ -57,12 +52,8 @@ def load_run_config(cls: type[C], run_dir: Path, algorithm: str) -> C:
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: no config.json there; is it a run directory?")
     saved = dict(read_config(run_dir))
-    saved_algorithm = saved.pop("algorithm", None)
-    if saved_algorithm != algorithm:
-        raise UsageError(
-            f"--resume {run_dir}: that run is {saved_algorithm!r}, not {algorithm!r}; resume it "
-            f"with `python -m cbp_rl.train {saved_algorithm} --resume {run_dir}`"
-        )
+    check_run_command(saved, run_dir, command=algorithm)
+    saved.pop(COMMAND_KEY, None)
     try:
         return config_from_dict(cls, saved)
     except (TypeError, ValueError) as err:
@@ -99,23 +90,3 @@ def parse_config(
     else:
         default = presets[default_preset]
     return tyro.cli(cls, args=argv, default=default, prog=prog, description=description)
-
-
-def run_command(
-    parse: Callable[[], Any], prepare: Callable[[Any], Any], execute: Callable[[Any], int]
-) -> int:
-    """``execute(prepare(parse()))`` with the exit codes of a command.
-
-    ``--help`` exits 0; bad flags, invalid values, unknown env ids, unusable checkpoints and
-    run directories exit 2 with the message on stderr, before anything runs.
-    """
-    try:
-        config = parse()
-        prepared = prepare(config)
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
-    except (ValueError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return execute(prepared)

@@ -23,6 +23,7 @@ import tyro
 from cbp_rl.cbp import UtilityName
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
+from cbp_rl.run.command import finite_floats, flag_name
 
 __all__ = [
     "MeasureSettings",
@@ -67,14 +68,15 @@ OptimizerReset = Literal["auto", "always", "never"]
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ValueError(f"{flag_name(name)} must be positive, got {value}")
 
 
 def _non_negative(name: str, value: float) -> None:
     if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ValueError(f"{flag_name(name)} must be >= 0, got {value}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunSettings:
     """Environment, budget, seed, devices and output of a run."""
@@ -137,6 +139,7 @@ class RunSettings:
         return kwargs
 
 
+@finite_floats
 @dataclass(frozen=True)
 class NetworkSettings:
     """Policy and value (or actor and critic) MLPs."""
@@ -157,6 +160,7 @@ class NetworkSettings:
             raise ValueError(f"init must be one of {', '.join(get_args(InitName))}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimizerSettings:
     """The optimizer."""
@@ -187,6 +191,7 @@ class OptimizerSettings:
         _non_negative("momentum", self.momentum)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MethodSettings:
     """Methods against loss of plasticity: continual backprop, ReDo, shrink and perturb
@@ -236,6 +241,7 @@ class MethodSettings:
             raise ValueError(f"shrink must be in (0, 1], got {self.shrink}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MeasureSettings:
     """Plasticity measurements, on a probe batch of the latest experience."""

@@ -49,6 +49,7 @@ from cbp_rl.agents.runner import (
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.command import finite_floats
 
 __all__ = [
     "GaussianPolicy",
@@ -74,6 +75,7 @@ AdvantageNorm = Literal["batch", "minibatch", "off"]
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOSettings:
     """PPO: rollout, losses and update."""
@@ -151,6 +153,7 @@ class PPOSettings:
 Group = tyro.conf.OmitArgPrefixes
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env.

@@ -5,7 +5,9 @@
     python -m cbp_rl.train pmnist --resume runs/bp100 --tasks 1600   # continue, exactly
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
-``--tasks``) needs to be given; changing anything else is refused.
+``--tasks``) needs to be given; changing anything else is refused. ``--resume-fallback`` resumes
+from the previous checkpoint when the latest is unreadable. Exit codes, the run directory's
+lock and the refusals follow :mod:`cbp_rl.run.command`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from pathlib import Path
 
 import tyro
 
-from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.command import (
+    COMMAND_KEY,
+    UsageError,
+    check_run_command,
+    run_command,
+    stop_exit_code,
+)
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import run
+from cbp_rl.supervised.experiment import COMMAND, PermutedMNISTRun, prepare, torch_threads, train
 
 PROG = "python -m cbp_rl.train pmnist"
 
@@ -39,19 +47,18 @@ def saved_config(run_dir: Path) -> PermutedMNISTConfig:
     """The configuration a run directory was started with (its ``config.json``)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(
-            "has no config.json: not a pmnist run directory",
-            run_dir,
-            "pass the directory a `python -m cbp_rl.train pmnist` run wrote",
+        raise UsageError(
+            f"--resume {run_dir}: no config.json there; pass the directory a "
+            "`python -m cbp_rl.train pmnist` run wrote"
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
+    check_run_command(values, run_dir, command=COMMAND)
+    values.pop(COMMAND_KEY, None)
     try:
         config: PermutedMNISTConfig = from_dict(PermutedMNISTConfig, values)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"config.json does not describe a pmnist run: {err}", path, "check the directory"
-        ) from err
+        raise UsageError(f"--resume {run_dir}: its config.json cannot be read: {err}") from err
     return config
 
 
@@ -67,25 +74,25 @@ def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def prepare_run(config: PermutedMNISTConfig) -> PermutedMNISTRun:
+    """Load the data, claim the run directory and build (or restore) the run."""
     try:
-        config = parse(args)
-        summary = run(config)
-    except SystemExit as exit_:  # tyro: --help or a malformed flag
-        code = exit_.code
-        return code if isinstance(code, int) else 2
-    except (
-        ValueError,
-        DataUnavailableError,
-        ChecksumError,
-        CheckpointError,
-        FileExistsError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if summary.tasks_done or summary.stopped else 1
+        return prepare(config)
+    except (DataUnavailableError, ChecksumError) as err:
+        raise UsageError(str(err)) from err
+
+
+def execute(experiment: PermutedMNISTRun) -> int:
+    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
+    with torch_threads(experiment.config.run.threads):
+        summary = train(experiment)
+    return stop_exit_code(summary.stopped_by)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (:mod:`cbp_rl.run.command`'s convention)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_command(f"train {COMMAND}", lambda: parse(args), prepare_run, execute)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.nets import validate_init
+from cbp_rl.run.command import finite_floats
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
@@ -46,6 +47,7 @@ _BASE = {
 }
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DataConfig:
     """Where the digits come from."""
@@ -61,6 +63,7 @@ class DataConfig:
     """Check every file's md5 against the official dataset."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class NetworkConfig:
     """The MLP: inputs -> width x depth -> 10."""
@@ -82,6 +85,7 @@ class NetworkConfig:
         validate_init(self.init)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer (None: the learner's default)."""
@@ -108,6 +112,7 @@ class OptimConfig:
             raise ValueError(f"--update-window must be >= 1, got {self.update_window}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PerturbConfig:
     """Shrink and perturb (snp), on top of weight decay."""
@@ -119,6 +124,7 @@ class PerturbConfig:
     """Multiply every weight by this after each step (1: shrink only through weight decay)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DropoutConfig:
     """Dropout on the hidden units."""
@@ -128,6 +134,7 @@ class DropoutConfig:
     figure 4.8), else 0."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OnlineNormFlags:
     """Online normalization (Chiley et al. 2019) before each hidden activation."""
@@ -144,6 +151,7 @@ class OnlineNormFlags:
     """Clamp the normalized output to [-c, c] (activation clamping); 0 disables."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ReDoConfig:
     """ReDo (learner redo): periodic reinitialization of dormant units."""
@@ -157,6 +165,7 @@ class ReDoConfig:
     """Zero the Adam moments of reinitialized units (with --optimizer adam)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class CBPFlags:
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest."""
@@ -195,6 +204,7 @@ class CBPFlags:
         )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MeasureConfig:
     """The task-start plasticity measures."""
@@ -205,6 +215,7 @@ class MeasureConfig:
     """Examples of the new task the measures are taken on."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunConfig:
     """Run directory, checkpoints and machine."""
@@ -214,6 +225,8 @@ class RunConfig:
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint (other flags default to the
     saved ones; --tasks may grow)."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: int | None = None
     """Examples between checkpoints; default one task; 0: only at the end and on Ctrl+C."""
     threads: int | None = 1
@@ -225,6 +238,7 @@ class RunConfig:
     """Show a progress bar (on a terminal)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PermutedMNISTConfig:
     """Online permuted MNIST (thesis chapter 4): a sequence of tasks, each a fixed random

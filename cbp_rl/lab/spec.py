@@ -140,9 +140,12 @@ def _tidy(text: str) -> str:
 
 
 def _rl_check(config: Any) -> None:
-    from cbp_rl.envs.vector import check_env_id
+    """The env id exists and has continuous actions (builds one instance, as the command does)."""
+    from cbp_rl.agents.runner import env_kwargs
+    from cbp_rl.envs.vector import check_env_id, describe_env, sub_env_kwargs
 
     check_env_id(config.run.env)
+    describe_env(config.run.env, {**env_kwargs(config.run), **sub_env_kwargs(config.run.env, 1)})
 
 
 def _rl_command(name: str, config_class: str) -> Command:
@@ -173,11 +176,11 @@ COMMANDS: dict[str, Command] = {
         name="pmnist",
         module="cbp_rl.supervised.command",
         config_class="cbp_rl.supervised.config.PermutedMNISTConfig",
-        reserved=("seed", "seeds", "run-dir", "resume"),
+        reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
         metric="accuracy",
         unit="examples",
         budget=lambda config: int(config.tasks * config.examples_per_task),
-        resume_flags=lambda config: ["--tasks", str(config.tasks)],
+        resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
         seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
         budget_flags=("--tasks",),
         batches_seeds=True,
@@ -423,6 +426,11 @@ def parse_spec(
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; a spec has {', '.join(TOP_LEVEL)}")
     command_name = document.get("command")
+    if command_name is None:
+        raise SpecError(
+            f'{where}: names no command; add a line such as command = "ppo" (one of '
+            f"{', '.join(COMMANDS)})"
+        )
     if command_name not in COMMANDS:
         raise SpecError(
             f"{where}: unknown command {command_name!r}; choose one of {', '.join(COMMANDS)}"
