@@ -350,51 +350,52 @@ class PermutedMNISTRun:
 
 
 def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun:
-    """Load the data and build (or restore) the run, its directory and logs."""
-    images = load_images(
-        config.data.dataset,
-        config.data.data_dir,
-        download=config.data.download,
-        verify=config.data.verify_data,
-    )
-    log(images.note)
+    """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
+    run's checkpoint, load the data and build (or restore) the run and its logs."""
     check_memory(
         estimated_memory(config),
         what=f"{config.seeds} seed(s) of {config.network.depth} x {config.network.width} units",
         fix="choose a smaller --width or fewer --seeds",
     )
-    if config.run.resume is not None:
-        run_dir = Path(config.run.resume)
-        if not run_dir.is_dir():
-            raise UsageError(f"--resume {run_dir}: no such run directory")
-        claim_run_dir(run_dir, command=COMMAND, flag="--resume")
-        manager = CheckpointManager(run_dir, every=config.checkpoint_interval)
-        if not manager.exists():
-            raise UsageError(unresumable_message(run_dir, command=COMMAND))
-        state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
-        assert state is not None
-        check_compatible(
-            state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
-        )
-        total = config.tasks * config.examples_per_task
-        if total < int(state["step"]):
-            raise ValueError(
-                f"--tasks {config.tasks} is fewer than the tasks the run has already done "
-                f"({int(state['step']) // config.examples_per_task}); give at least as many"
-            )
-        refuse_finished(
-            run_dir, done=int(state["step"]), total=total, command=COMMAND, flag="--tasks"
-        )
+    if config.run.resume is None:
+        run_dir = _fresh_run_dir(config)
+        images = _load_images(config, log)
         experiment = PermutedMNISTRun(config, images, run_dir)
-        experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
-        positions = experiment.restore(state)
-        experiment.checkpoints.last_step = int(state["step"])
-        experiment.open_logs(positions)
-        log(
-            f"resuming {run_dir} at task {experiment.task + 1}, example "
-            f"{experiment.position:,} of {config.examples_per_task:,}"
-        )
+        experiment.open_logs()
         return experiment
+    run_dir = Path(config.run.resume)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    claim_run_dir(run_dir, command=COMMAND, flag="--resume")
+    manager = CheckpointManager(run_dir, every=config.checkpoint_interval)
+    if not manager.exists():
+        raise UsageError(unresumable_message(run_dir, command=COMMAND))
+    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
+    assert state is not None
+    check_compatible(
+        state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
+    )
+    total, done = config.tasks * config.examples_per_task, int(state["step"])
+    if total < done:
+        raise ValueError(
+            f"--tasks {config.tasks} is fewer than the tasks the run has already done "
+            f"({done // config.examples_per_task}); give at least as many"
+        )
+    refuse_finished(run_dir, done=done, total=total, command=COMMAND, flag="--tasks")
+    experiment = PermutedMNISTRun(config, _load_images(config, log), run_dir)
+    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
+    positions = experiment.restore(state)
+    experiment.checkpoints.last_step = done
+    experiment.open_logs(positions)
+    log(
+        f"resuming {run_dir} at task {experiment.task + 1}, example "
+        f"{experiment.position:,} of {config.examples_per_task:,}"
+    )
+    return experiment
+
+
+def _fresh_run_dir(config: PermutedMNISTConfig) -> Path:
+    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
     if config.run.run_dir is None:
         root = check_run_dir_path(Path("runs") / "pmnist", flag="--run-dir")
         run_dir = new_run_dir(root, config.label())
@@ -408,9 +409,18 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
             f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
             "choose another directory"
         )
-    experiment = PermutedMNISTRun(config, images, run_dir)
-    experiment.open_logs()
-    return experiment
+    return run_dir
+
+
+def _load_images(config: PermutedMNISTConfig, log: Log) -> ImageSet:
+    images = load_images(
+        config.data.dataset,
+        config.data.data_dir,
+        download=config.data.download,
+        verify=config.data.verify_data,
+    )
+    log(images.note)
+    return images
 
 
 def estimated_memory(config: PermutedMNISTConfig) -> int:

@@ -111,15 +111,15 @@ class NonFiniteError(RuntimeError):
 
     def __init__(self, what: str, *, step: int, last_checkpoint: int | None, where: str = ""):
         self.what, self.step, self.last_checkpoint = what, step, last_checkpoint
+        folder = f" (run directory {where})" if where else ""
         kept = (
-            f"the last good checkpoint (step {last_checkpoint}) is kept"
+            f"the last good checkpoint, at step {last_checkpoint}, is kept{folder}"
             if last_checkpoint is not None
-            else "no checkpoint had been written yet"
+            else f"no checkpoint had been written yet{folder}"
         )
-        place = f" in {where}" if where else ""
         super().__init__(
-            f"training diverged at step {step}: {what}; stopped without saving, {kept}{place}. "
-            "Lower the learning rate (or the flag that made it diverge) and start a new run"
+            f"training diverged at step {step}: {what}. The run stopped without saving; {kept}. "
+            "Lower the learning rate (or whatever made it diverge) and start a new run"
         )
 
 
