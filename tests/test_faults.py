@@ -609,3 +609,35 @@ def test_rl_runs_measure_plasticity_at_the_first_iteration(
     assert cli("ppo", *flags).code == 0
     scalars = read_scalars(tmp_path / "run")
     assert [step for step, _ in scalars["plasticity/policy/dead_units/0"]] == [128]
+
+
+def test_a_lock_handed_over_by_a_sweep_is_adopted_and_still_excludes_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cbp_rl.run.rundir import (
+        INHERITED_LOCK_ENV,
+        LOCK_FILE,
+        RunDirectoryBusyError,
+        RunLock,
+        lock_holder,
+        lock_is_held,
+        take_lock,
+    )
+
+    fd = take_lock(tmp_path / LOCK_FILE, command="sweep, starting run")  # the sweep's part
+    try:
+        with pytest.raises(RunDirectoryBusyError, match=f"in use by process {os.getpid()}"):
+            RunLock(tmp_path, command="ppo").acquire()  # no hand-over: refused
+        monkeypatch.setenv(INHERITED_LOCK_ENV, str(fd))
+        lock = RunLock(tmp_path, command="ppo").acquire()  # the run's part: adopted
+        assert INHERITED_LOCK_ENV not in os.environ, "not passed on to the run's own children"
+        holder = lock_holder(tmp_path / LOCK_FILE)
+        assert holder is not None and holder.command == "ppo" and holder.pid == os.getpid()
+        with pytest.raises(RunDirectoryBusyError):
+            RunLock(tmp_path, command="ppo").acquire()
+        lock.release()
+        fd = -1
+        assert not lock_is_held(tmp_path / LOCK_FILE)
+    finally:
+        if fd >= 0:
+            os.close(fd)
