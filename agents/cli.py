@@ -4,7 +4,7 @@
 being resumed (``--resume DIR``: its ``config.json``), the preset named with ``--preset``, the
 ``cbp`` preset when ``--cbp`` is given, or the command's default preset; every flag given
 explicitly overrides them (``--preset l2 --weight-decay 1e-3``). The exit codes and refusals are
-:mod:`cbp_rl.run.command`'s (``run_command`` is re-exported here).
+:mod:`cbp_rl.run.conventions`'s (``run_command`` is re-exported here).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TypeVar
 import tyro
 
 from cbp_rl.agents.config import config_from_dict
-from cbp_rl.run.command import COMMAND_KEY, UsageError, check_run_command, run_command
+from cbp_rl.run.conventions import COMMAND_KEY, UsageError, check_run_command, run_command
 from cbp_rl.run.logging import read_config
 
 __all__ = ["UsageError", "flag_value", "load_run_config", "parse_config", "run_command"]

@@ -23,7 +23,7 @@ import tyro
 from cbp_rl.cbp import UtilityName
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
-from cbp_rl.run.command import finite_floats, flag_name
+from cbp_rl.run.conventions import finite_floats, flag_name
 
 __all__ = [
     "MeasureSettings",

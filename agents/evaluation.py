@@ -18,7 +18,7 @@ import torch
 
 from cbp_rl.envs.vector import describe_env, make_sub_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from cbp_rl.run.command import command_of
+from cbp_rl.run.conventions import command_of
 from cbp_rl.run.logging import CONFIG_FILE, read_config
 from cbp_rl.run.runtime import resolve_device
 

@@ -49,7 +49,7 @@ from cbp_rl.agents.runner import (
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
-from cbp_rl.run.command import finite_floats
+from cbp_rl.run.conventions import finite_floats
 
 __all__ = [
     "GaussianPolicy",

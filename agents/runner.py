@@ -13,7 +13,7 @@ logging after each iteration: the agent's scalars, finished episodes (TensorBoar
 ``episodes.csv``), the env protocol's ``env/<key>`` values, steps per second, and after the
 first iteration (the baseline) and then every ``plasticity_every`` steps the plasticity measures
 of each named network on a probe batch. A non-finite loss or weight stops the run at once
-(:class:`~cbp_rl.run.command.NonFiniteError`, exit 3) without writing a checkpoint, so the last
+(:class:`~cbp_rl.run.conventions.NonFiniteError`, exit 3) without writing a checkpoint, so the last
 good one is kept. The run directory is locked for the whole run (:mod:`cbp_rl.run.rundir`).
 It writes a checkpoint every ``checkpoint_every`` steps and on exit, including after SIGINT or
 SIGTERM (:class:`~cbp_rl.run.runtime.GracefulStop`), holding the agent, the environments (exact
@@ -58,7 +58,7 @@ from cbp_rl.run.checkpoint import (
     restore_rng_state,
     to_jsonable,
 )
-from cbp_rl.run.command import (
+from cbp_rl.run.conventions import (
     COMMAND_KEY,
     UsageError,
     check_finite_losses,

@@ -15,7 +15,7 @@ from typing import Any
 
 import tyro
 
-from cbp_rl.run.command import run_command
+from cbp_rl.run.conventions import run_command
 from cbp_rl.run.runtime import quiet_superseded_env_notices
 
 
@@ -36,7 +36,7 @@ class EvaluateArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate and print; returns the exit code (:mod:`cbp_rl.run.command`: 2 for bad input)."""
+    """Evaluate and print; returns the exit code (:mod:`cbp_rl.run.conventions`: 2 for bad input)."""
     quiet_superseded_env_notices()
     args = list(sys.argv[1:] if argv is None else argv)
 

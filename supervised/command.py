@@ -7,7 +7,7 @@
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
 ``--tasks``) needs to be given; changing anything else is refused. ``--resume-fallback`` resumes
 from the previous checkpoint when the latest is unreadable. Exit codes, the run directory's
-lock and the refusals follow :mod:`cbp_rl.run.command`.
+lock and the refusals follow :mod:`cbp_rl.run.conventions`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tyro
 
-from cbp_rl.run.command import (
+from cbp_rl.run.conventions import (
     COMMAND_KEY,
     UsageError,
     check_run_command,
@@ -90,7 +90,7 @@ def execute(experiment: PermutedMNISTRun) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (:mod:`cbp_rl.run.command`'s convention)."""
+    """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
     args = list(sys.argv[1:] if argv is None else argv)
     return run_command(f"train {COMMAND}", lambda: parse(args), prepare_run, execute)
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.nets import validate_init
-from cbp_rl.run.command import finite_floats
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig

@@ -36,7 +36,7 @@ from cbp_rl.run.checkpoint import (
     check_compatible,
     to_jsonable,
 )
-from cbp_rl.run.command import (
+from cbp_rl.run.conventions import (
     COMMAND_KEY,
     UsageError,
     check_finite_losses,
@@ -468,7 +468,7 @@ def train(
 ) -> RunSummary:
     """Run a prepared experiment to its end, a stop signal or ``stop_at_examples``.
 
-    Raises :class:`~cbp_rl.run.command.NonFiniteError` (and writes no checkpoint) when a loss
+    Raises :class:`~cbp_rl.run.conventions.NonFiniteError` (and writes no checkpoint) when a loss
     or weight becomes non-finite.
     """
     config = experiment.config

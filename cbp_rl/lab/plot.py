@@ -54,7 +54,7 @@ from cbp_rl.lab.aggregate import (
     summarize,
     write_tables,
 )
-from cbp_rl.run.command import EXIT_USAGE, report
+from cbp_rl.run.conventions import EXIT_USAGE, report
 
 RESULTS_FILE = "results.npz"
 CONFIG_FILE = "config.json"

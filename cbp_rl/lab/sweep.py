@@ -72,7 +72,7 @@ from cbp_rl.lab.spec import (
     load_spec,
     parse_value,
 )
-from cbp_rl.run.command import EXIT_DIVERGED, EXIT_USAGE, report
+from cbp_rl.run.conventions import EXIT_DIVERGED, EXIT_USAGE, report
 from cbp_rl.run.logging import RunStatus, read_run_status, write_json_atomic
 from cbp_rl.run.rundir import LOCK_FILE, RunDirectoryError, RunLock, lock_is_held
 

@@ -13,7 +13,7 @@ One process writes a run directory at a time. A command claims its directory wit
 3. removes the temporary files (``.NAME.XXXXXXXX.tmp``) that a killed writer's atomic writes
    left behind (``cbp_rl.run.checkpoint.atomic_write``).
 
-Inside :func:`cbp_rl.run.command.run_command` the lock is released when the command returns;
+Inside :func:`cbp_rl.run.conventions.run_command` the lock is released when the command returns;
 elsewhere it is held until :meth:`RunLock.release` (or the process's end)::
 
     run_dir = claim_run_dir(path, command="ppo", flag="--run-dir").path
@@ -66,7 +66,7 @@ INHERITED_LOCK_ENV = "CBP_RL_RUN_LOCK_FD"
 
 _TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 _claims: list[list[RunLock]] = []
-"""Locks taken inside each running :func:`cbp_rl.run.command.run_command` (innermost last)."""
+"""Locks taken inside each running :func:`cbp_rl.run.conventions.run_command` (innermost last)."""
 
 
 class RunDirectoryError(ValueError):
