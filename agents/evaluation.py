@@ -1,14 +1,15 @@
 """Evaluation of a saved policy: deterministic actions, seeded episodes, the mean return.
 
-Works for every algorithm whose command module ``cbp_rl.agents.<algorithm>_command`` provides
-``load_policy(config, agent_state, description, device) -> act``, where ``act`` maps a batch of
-raw observations ``[N, obs_dim]`` to deterministic actions.
+Works for every algorithm whose command has a ``load_policy(config, agent_state, description,
+device) -> act`` (:attr:`cbp_rl.run.command.Command.load_policy`), where ``act`` maps a batch of
+raw observations ``[N, obs_dim]`` to deterministic actions; the caller passes how to find it
+(``python -m cbp_rl.evaluate``: the command registry, :mod:`cbp_rl.lab.commands`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from cbp_rl.envs.vector import describe_env, make_sub_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from cbp_rl.run.command import PolicyLoader
 from cbp_rl.run.conventions import command_of
 from cbp_rl.run.logging import CONFIG_FILE, read_config
 from cbp_rl.run.runtime import resolve_device
@@ -57,6 +59,7 @@ def evaluate_run(
     *,
     episodes: int,
     seed: int,
+    policy_loader: Callable[[str], PolicyLoader],
     device: str = "cpu",
     checkpoint: Path | None = None,
 ) -> EvaluationResult:
@@ -72,7 +75,7 @@ def evaluate_run(
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     run_dir = Path(run_dir)
-    _check_evaluable(run_dir)
+    _check_evaluable(run_dir, policy_loader)
     state = _load(run_dir, checkpoint)
     algorithm = state.get("algorithm")
     config = state["config"]
@@ -80,11 +83,10 @@ def evaluate_run(
     if checkpoint is not None:
         _check_same_run(run_dir, checkpoint, algorithm, env_id)
     try:
-        module = importlib.import_module(f"cbp_rl.agents.{algorithm}_command")
-    except ImportError as err:
+        load_policy = policy_loader(str(algorithm))
+    except ValueError as err:
         raise CheckpointError(
-            f"was written by {algorithm!r}, which evaluate cannot run (it evaluates the "
-            f"policies of {', '.join(EVALUABLE)} runs)",
+            f"was written by {algorithm!r}, which this installation cannot evaluate ({err})",
             checkpoint or run_dir,
         ) from err
     kwargs = {
@@ -93,7 +95,7 @@ def evaluate_run(
         **sub_env_kwargs(env_id, 1),
     }
     description = describe_env(env_id, kwargs)
-    act = module.load_policy(config, state["agent"], description, resolve_device(device))
+    act = load_policy(config, state["agent"], description, resolve_device(device))
     env = make_sub_env(env_id, kwargs)
     try:
         schedules = state.get("env", {}).get("schedule_states")
@@ -107,22 +109,22 @@ def evaluate_run(
     )
 
 
-EVALUABLE = ("ppo", "sac")
-"""The commands whose runs hold a policy to evaluate."""
-
-
-def _check_evaluable(run_dir: Path) -> None:
+def _check_evaluable(run_dir: Path, policy_loader: Callable[[str], PolicyLoader]) -> None:
     """Refuse a directory that is no run, or a run of a command without a policy (pmnist)."""
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a run directory")
-    if (run_dir / CONFIG_FILE).is_file():
-        command = command_of(read_config(run_dir))
-        if command is not None and command not in EVALUABLE:
-            raise ValueError(
-                f"{run_dir} is a {command} run; evaluate runs the policies of "
-                f"{', '.join(EVALUABLE)} runs (a {command} run's results are in its logs: "
-                f"`python -m cbp_rl.plot {run_dir}`)"
-            )
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    command = command_of(read_config(run_dir))
+    if command is None:
+        return
+    try:
+        policy_loader(command)
+    except ValueError as err:
+        raise ValueError(
+            f"{run_dir} is a {command} run: {err} (its results are in its logs: "
+            f"`python -m cbp_rl.plot {run_dir}`)"
+        ) from None
 
 
 def _check_same_run(run_dir: Path, checkpoint: Path, algorithm: Any, env_id: str) -> None:

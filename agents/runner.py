@@ -24,9 +24,7 @@ resumed run continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import os
 import sys
 import time
 from collections import deque
@@ -69,7 +67,15 @@ from cbp_rl.run.conventions import (
 )
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
 from cbp_rl.run.rundir import check_run_dir_path, claim_run_dir, unresumable_message
-from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+from cbp_rl.run.runtime import (
+    GracefulStop,
+    Progress,
+    cpu_count,
+    new_run_dir,
+    resolve_device,
+    seed_everything,
+)
+from cbp_rl.run.seeding import derive_seed
 
 if TYPE_CHECKING:
     from cbp_rl.agents.config import RunSettings
@@ -81,7 +87,6 @@ __all__ = [
     "Iteration",
     "PlasticityMonitor",
     "PreparedRun",
-    "derive_seed",
     "episodes_from_infos",
     "prepare_run",
 ]
@@ -174,13 +179,6 @@ class Agent(Protocol):
 
     def close(self) -> None:
         """Release threads or other resources (the run calls it at the end)."""
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (``"env"``, ``"actions"``, ...), independent of the others."""
-    digest = hashlib.sha256(purpose.encode()).digest()
-    words = np.random.SeedSequence([seed, int.from_bytes(digest[:4], "little")])
-    return int(words.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
 
 
 def episodes_from_infos(infos: Mapping[str, Any], step: int) -> list[Episode]:
@@ -383,7 +381,7 @@ class _Execution:
 
     def run(self) -> int:
         run = self.run_settings
-        torch.set_num_threads(run.torch_threads or _cpu_count())
+        torch.set_num_threads(run.torch_threads or cpu_count())
         seed_everything(run.seed)
         description = self.prepared.description
         envs = make_vector_env(
@@ -585,9 +583,3 @@ class _Execution:
         last_probe = state["runner"]["last_probe_step"]
         self.last_probe_step = None if last_probe is None else int(last_probe)
         restore_rng_state(state["rng"])
-
-
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)

@@ -15,6 +15,7 @@ from typing import Any
 
 import tyro
 
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.conventions import run_command
 from cbp_rl.run.runtime import quiet_superseded_env_notices
 
@@ -36,7 +37,7 @@ class EvaluateArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate and print; returns the exit code (:mod:`cbp_rl.run.conventions`: 2 for bad input)."""
+    """Evaluate and print; returns the exit code (2 for bad input; see cbp_rl.run.conventions)."""
     quiet_superseded_env_notices()
     args = list(sys.argv[1:] if argv is None else argv)
 
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parsed.run_dir,
                 episodes=parsed.episodes,
                 seed=parsed.seed,
+                policy_loader=COMMANDS.policy_loader,
                 device=parsed.device,
                 checkpoint=parsed.checkpoint,
             )

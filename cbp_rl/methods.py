@@ -24,6 +24,7 @@ from cbp_rl.cbp import (
     replacement_bound,
     reset_units_optimizer_state,
 )
+from cbp_rl.metrics import dormant_mask
 from cbp_rl.nets import validate_init
 from cbp_rl.units import ActivationRecorder, LayerSpec, resolve_hidden_layers
 
@@ -108,10 +109,7 @@ class ReDo(nn.Module):
         """Indices of the units of ``hidden`` (``[M, units(, P)]``) scoring at most threshold."""
         reduce = (0, 2) if hidden.ndim == 3 else (0,)
         activity = hidden.abs().mean(reduce)
-        layer_mean = activity.mean()
-        if layer_mean == 0:
-            return torch.arange(len(activity), device=activity.device)
-        return torch.nonzero(activity / layer_mean <= self.threshold).flatten()
+        return torch.nonzero(dormant_mask(activity, self.threshold)).flatten()
 
     def remove(self) -> None:
         """Detach from the network (removes the forward hooks)."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import tyro
 
+from cbp_rl.run.command import Command, Cost, Measure
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.conventions import (
     COMMAND_KEY,
     UsageError,
@@ -27,9 +29,15 @@ from cbp_rl.run.conventions import (
     stop_exit_code,
 )
 from cbp_rl.run.logging import CONFIG_FILE
-from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
+from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import COMMAND, PermutedMNISTRun, prepare, torch_threads, train
+from cbp_rl.supervised.experiment import (
+    COMMAND_NAME,
+    PermutedMNISTRun,
+    prepare,
+    torch_threads,
+    train,
+)
 
 PROG = "python -m cbp_rl.train pmnist"
 
@@ -53,10 +61,10 @@ def saved_config(run_dir: Path) -> PermutedMNISTConfig:
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
-    check_run_command(values, run_dir, command=COMMAND)
+    check_run_command(values, run_dir, command=COMMAND_NAME)
     values.pop(COMMAND_KEY, None)
     try:
-        config: PermutedMNISTConfig = from_dict(PermutedMNISTConfig, values)
+        config = config_from_dict(PermutedMNISTConfig, values)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--resume {run_dir}: its config.json cannot be read: {err}") from err
     return config
@@ -92,7 +100,49 @@ def execute(experiment: PermutedMNISTRun) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(f"train {COMMAND}", lambda: parse(args), prepare_run, execute)
+    return run_command(f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute)
+
+
+def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
+    """A run's cost from three short runs: 1 task of ``units`` (default 1000) and of
+    2 x ``units`` examples, and 2 tasks of ``units`` (slope per example, cost per task start).
+
+    The task-start probe takes min(probe_examples, examples per task) examples: the short runs
+    probe as many as the real run (``units`` is at least that), so its cost lands in per_task
+    only.
+    """
+    probe = min(config.measures.probe_examples, config.examples_per_task)
+    size = max(units or 1000, probe)
+
+    def short_run(tasks: int, examples: int) -> float:
+        flags = ["--tasks", str(tasks), "--examples-per-task", str(examples)]
+        seconds, _ = measure([*flags, "--probe-examples", str(probe)])
+        return seconds
+
+    c1, c2, c3 = short_run(1, size), short_run(1, 2 * size), short_run(2, size)
+    per_unit = max(0.0, (c2 - c1) / size)
+    per_task = max(0.0, c3 - c2)
+    fixed = max(0.0, c1 - per_unit * size - per_task)
+    return Cost(per_unit, per_task, fixed, fixed + per_unit * total + per_task * config.tasks)
+
+
+COMMAND = Command(
+    name="pmnist",
+    summary="online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
+    main=main,
+    parse=parse,
+    config=PermutedMNISTConfig,
+    metric="accuracy",
+    unit="examples",
+    budget=lambda config: int(config.tasks * config.examples_per_task),
+    budget_flags=("--tasks",),
+    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
+    seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
+    resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
+    cost=cost,
+    batches_seeds=True,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 
 
 if __name__ == "__main__":

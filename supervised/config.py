@@ -7,9 +7,6 @@ see :data:`LEARNER_DEFAULTS`).
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -365,35 +362,9 @@ RESUMABLE_CHANGES = ("tasks", "run", "data.data_dir", "data.download")
 """Config fields a resumed run may change (dotted names); everything else must match."""
 
 
-def from_dict(cls: type[Any], values: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from its ``to_jsonable`` dict (``config.json``)."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        value, kind = values[f.name], hints[f.name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = from_dict(kind, value)  # type: ignore[arg-type]
-        elif value is not None and _is_path(kind):
-            value = Path(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def _is_path(kind: Any) -> bool:
-    if kind is Path:
-        return True
-    origin = typing.get_origin(kind)
-    if origin is typing.Union or origin is types.UnionType:
-        return Path in typing.get_args(kind)
-    return False
-
-
 __all__ = [
     "LEARNER_DEFAULTS",
     "LEARNER_NAMES",
     "RESUMABLE_CHANGES",
     "PermutedMNISTConfig",
-    "from_dict",
 ]

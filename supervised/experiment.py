@@ -62,7 +62,7 @@ from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
 CHUNK_STEPS = 256
 """Updates whose inputs are gathered at once (chunks start at fixed offsets in a task, so a
 resumed run feeds the engine tensors of the same layout)."""
-COMMAND = "pmnist"
+COMMAND_NAME = "pmnist"
 """The command's name (``python -m cbp_rl.train pmnist``), written into ``config.json``."""
 PROBE_BYTES = 256 * 2**20
 """Memory budget of one group of seeds in the task-start probe."""
@@ -132,7 +132,7 @@ class PermutedMNISTRun:
 
     def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
         """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
-        config = {COMMAND_KEY: COMMAND, **to_jsonable(self.config)}
+        config = {COMMAND_KEY: COMMAND_NAME, **to_jsonable(self.config)}
         step = None if resume_positions is None else self.task + 1
         dirs = [self.run_dir] + [self.run_dir / f"seed_{s}" for s in self.config.seed_list]
         configs = [config] + [{**config, "seed": s, "seeds": 1} for s in self.config.seed_list]
@@ -366,10 +366,10 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
     run_dir = Path(config.run.resume)
     if not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: no such run directory")
-    claim_run_dir(run_dir, command=COMMAND, flag="--resume")
+    claim_run_dir(run_dir, command=COMMAND_NAME, flag="--resume")
     manager = CheckpointManager(run_dir, every=config.checkpoint_interval)
     if not manager.exists():
-        raise UsageError(unresumable_message(run_dir, command=COMMAND))
+        raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
     state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
     assert state is not None
     check_compatible(
@@ -381,7 +381,7 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
             f"--tasks {config.tasks} is fewer than the tasks the run has already done "
             f"({done // config.examples_per_task}); give at least as many"
         )
-    refuse_finished(run_dir, done=done, total=total, command=COMMAND, flag="--tasks")
+    refuse_finished(run_dir, done=done, total=total, command=COMMAND_NAME, flag="--tasks")
     experiment = PermutedMNISTRun(config, _load_images(config, log), run_dir)
     experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
     positions = experiment.restore(state)
@@ -401,10 +401,10 @@ def _fresh_run_dir(config: PermutedMNISTConfig) -> Path:
         run_dir = new_run_dir(root, config.label())
     else:
         run_dir = Path(config.run.run_dir)
-    claim_run_dir(run_dir, command=COMMAND)
+    claim_run_dir(run_dir, command=COMMAND_NAME)
     if (run_dir / CONFIG_FILE).exists():
         if not CheckpointManager(run_dir).exists():
-            raise UsageError(unresumable_message(run_dir, command=COMMAND))
+            raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
         raise UsageError(
             f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
             "choose another directory"

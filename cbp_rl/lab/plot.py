@@ -34,10 +34,9 @@ import dataclasses
 import json
 import os
 import re
-import struct
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +53,12 @@ from cbp_rl.lab.aggregate import (
     summarize,
     write_tables,
 )
+from cbp_rl.lab.commands import COMMANDS
+from cbp_rl.run.checkpoint import flatten_dict
 from cbp_rl.run.conventions import EXIT_USAGE, report
+from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
+from cbp_rl.supervised.results import RESULTS_FILE
 
-RESULTS_FILE = "results.npz"
-CONFIG_FILE = "config.json"
-EPISODES_FILE = "episodes.csv"
 MANIFEST_FILE = "sweep.json"
 IGNORED_CONFIG_KEYS = ("seed", "seeds", "run", "tasks", "data.data_dir", "data.download")
 """Config fields (dotted, with everything below them) that do not make a different setting."""
@@ -175,11 +175,11 @@ every hidden unit or weight; ``last``: the last hidden layer), a scale, the figu
 
 
 def read_rl_run(path: Path) -> Run | None:
-    """An RL run directory (``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its
-    event files."""
+    """An RL run directory (its ``config.json`` names a command of :mod:`cbp_rl.lab.commands`:
+    ``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its event files."""
     config = _read_config(path)
     episodes = path / EPISODES_FILE
-    if "algorithm" not in config or not episodes.is_file():
+    if config.get("algorithm") not in COMMANDS or not episodes.is_file():
         return None
     steps, returns = _read_episodes(episodes)
     series = {"return": Series(steps, returns[None, :])}
@@ -198,7 +198,8 @@ def read_rl_run(path: Path) -> Run | None:
             name = f"{net}/{measure}"
             series[name] = Series(source.x, scale * source.values)
             figures[name] = Figure(figure.title.format(net=net), figure.ylabel, STEPS)
-    return Run(path, config, series, figures, performance="return", irregular=frozenset({"return"}))
+    metric = COMMANDS[config["algorithm"]].metric
+    return Run(path, config, series, figures, performance=metric, irregular=frozenset({"return"}))
 
 
 def _layer_tag(series: Mapping[str, Series], prefix: str, layer: str) -> str | None:
@@ -220,72 +221,6 @@ def _read_episodes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.size == 0:
         return np.zeros(0), np.zeros(0)
     return data[:, 0].astype(np.float64), data[:, 1].astype(np.float64)
-
-
-def read_tags(
-    run_dir: Path, prefixes: Sequence[str] = ()
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The scalars of a run directory's event files as ``{tag: (steps, values)}``, with the same
-    result as :func:`cbp_rl.run.logging.read_scalars` (files oldest first, a resumed run's purge
-    marker drops the earlier files' values at its step and later, the last value of a step
-    wins), read straight from the records (much faster for long runs); ``prefixes`` keeps only
-    the tags starting with one of them."""
-    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-
-    wanted = tuple(p.encode() for p in prefixes)
-    files = []
-    for path in run_dir.glob("events.out.tfevents.*"):
-        events = list(_records(path))
-        first = next((e for e in (Event.FromString(r) for r in events[:3]) if e.wall_time), None)
-        if first is None:
-            continue
-        counter = path.name.rsplit(".", 1)[-1]
-        files.append(
-            (first.wall_time, int(counter) if counter.isdigit() else -1, path.name, events)
-        )
-    merged: dict[str, dict[int, float]] = {}
-    for _, _, _, records in sorted(files, key=lambda item: item[:3]):
-        purged = False
-        for record in records:
-            if wanted and not any(w in record for w in wanted) and purged:
-                continue
-            event = Event.FromString(record)
-            if not purged:
-                if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-                    step = int(event.step)
-                    for tag, values in merged.items():
-                        merged[tag] = {s: v for s, v in values.items() if s < step}
-                    purged = True
-                    continue
-                if event.HasField("summary"):
-                    purged = True  # the marker comes before any summary
-            for value in event.summary.value:
-                if wanted and not value.tag.startswith(prefixes):
-                    continue
-                if value.HasField("simple_value"):
-                    merged.setdefault(value.tag, {})[int(event.step)] = value.simple_value
-    result = {}
-    for tag in sorted(merged):
-        if merged[tag]:
-            items = sorted(merged[tag].items())
-            result[tag] = (
-                np.array([s for s, _ in items], dtype=np.float64),
-                np.array([v for _, v in items], dtype=np.float64),
-            )
-    return result
-
-
-def _records(path: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file (a truncated last record is left out)."""
-    data = path.read_bytes()
-    position = 0
-    while position + 12 <= len(data):
-        (length,) = struct.unpack_from("<Q", data, position)
-        start = position + 12
-        if start + length + 4 > len(data):
-            return
-        yield data[start : start + length]
-        position = start + length + 4
 
 
 def read_event_files(path: Path) -> Run | None:
@@ -366,22 +301,11 @@ def load_sweep(path: str | os.PathLike[str], *, prefix: str = "") -> list[Run]:
 # --------------------------------------------------------------------------- grouping
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _setting(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config fields that define a setting (seeds and bookkeeping removed)."""
     return {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flatten_dict(config).items()
         if not any(key == i or key.startswith(f"{i}.") for i in IGNORED_CONFIG_KEYS)
     }
 
@@ -744,5 +668,4 @@ __all__ = [
     "main",
     "mean_and_stderr",
     "plot_runs",
-    "read_tags",
 ]

@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "GracefulStop",
     "Progress",
+    "cpu_count",
     "new_run_dir",
     "parent_is_gone",
     "resolve_device",
@@ -155,6 +156,13 @@ def worker_process_setup(parent_pid: int | None = None) -> None:
 def parent_is_gone(parent_pid: int | None) -> bool:
     """Whether this process's parent ``parent_pid`` has exited (it was reparented)."""
     return parent_pid is not None and os.getppid() != parent_pid
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
