@@ -23,12 +23,12 @@ A sweep folder holds::
 
 Faults: a run whose process dies (non-zero exit, killed, its Ray worker lost) is started
 again from its last checkpoint (``--resume``), up to ``max_retries`` times per launch. A run
-the command refuses (exit code 2: bad flags, unusable checkpoint) or that diverged (exit code 3)
-is not retried. Relaunching
-skips finished runs (``status.json``: finished), resumes the others from their checkpoints and
-never deletes anything. SIGINT or SIGTERM stops the sweep: each running run gets one SIGTERM,
-writes its checkpoint and exits, and the sweep waits for them (a second Ctrl+C aborts them at
-once; their last checkpoints stay good).
+the command refuses (exit code 2: bad flags, unusable checkpoint) or that diverged (exit code
+3) is not retried. Relaunching skips finished runs (``status.json``: finished), resumes the
+others from their checkpoints and never deletes anything; a second launch on a folder that a
+live sweep holds is refused (exit code 2). SIGINT or SIGTERM stops the sweep: each running run
+gets one SIGTERM, writes its checkpoint and exits, and the sweep waits for them (a second
+Ctrl+C aborts them at once; their last checkpoints stay good).
 """
 
 from __future__ import annotations
