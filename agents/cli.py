@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import tyro
 
+from cbp_rl.agents.runner import METRIC, UNIT, budget
 from cbp_rl.envs.vector import check_env_id, describe_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.command import Command, Cost, Measure, PolicyLoader
 from cbp_rl.run.configs import config_from_dict
@@ -120,9 +121,9 @@ def rl_command(
         main=main,
         parse=parse,
         config=config,
-        metric="return",
-        unit="steps",
-        budget=lambda config: int(config.run.total_steps),
+        metric=METRIC,
+        unit=UNIT,
+        budget=budget,
         budget_flags=("--total-steps",),
         reserved=("seed", "run-dir", "runs-root", "resume", "resume-fallback"),
         seed_flags=lambda seeds: ["--seed", str(seeds[0])],

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal, get_args
 
 import tyro
 
-from cbp_rl.cbp import UtilityName
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
+from cbp_rl.run.cbp_flags import cbp_flags
 from cbp_rl.run.conventions import finite_floats, flag_name
 
 __all__ = [
@@ -88,9 +88,10 @@ class RunSettings:
     num_envs: int = 8
     """Sub-environments stepping in lockstep (the paper used 1; the batch size is what matters)."""
     vector_mode: VectorMode = "auto"
-    """sync (in process), async (a process per env), batched (envs per worker), auto."""
+    """sync (in process), async (a process per env), batched (envs per worker), auto; envpool:
+    EnvPool's C++ MuJoCo envs (pip install 'cbp_rl[envpool]'; no snapshots, see docs/envpool.md)."""
     num_workers: int = 0
-    """Worker processes of the batched vectorizer; 0 = one per CPU core (at most num_envs)."""
+    """Worker processes of batched (threads of envpool); 0 = one per CPU core (at most num_envs)."""
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
     torch_threads: int = 1
@@ -187,28 +188,27 @@ class OptimizerSettings:
         _non_negative("momentum", self.momentum)
 
 
+_CBPFlags = cbp_flags(
+    "CBPSettings",
+    defaults={"maturity_threshold": 10_000, "init": "auto"},
+    types={"init": CBPInit},
+    notes={
+        "maturity_threshold": "RL: steps are updates.",
+        "init": "Also ReDo's. auto: the network's (kaiming for orthogonal).",
+    },
+    omit=("bias_compensation",),
+)
+"""The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as the RL commands' flags."""
+
+
 @finite_floats
 @dataclass(frozen=True)
-class MethodSettings:
-    """Methods against loss of plasticity: continual backprop, ReDo, shrink and perturb
-    (L2 is --weight-decay)."""
+class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
+    """Methods against loss of plasticity: continual backprop (its hyperparameters are
+    :class:`cbp_rl.CBPConfig`'s), ReDo, shrink and perturb (L2 is --weight-decay)."""
 
     cbp: bool = False
     """Continual backprop on both networks after every update, on its forward pass."""
-    replacement_rate: float = 1e-4
-    """CBP: fraction of eligible units replaced per step (rr)."""
-    maturity_threshold: int = 10_000
-    """CBP: units older than this many updates are eligible (mt)."""
-    decay_rate: float = 0.99
-    """CBP: decay of the running utility and mean activation (eta)."""
-    utility: UtilityName = "contribution"
-    """CBP: utility measure."""
-    cbp_init: CBPInit = "auto"
-    """CBP/ReDo new-weight init; auto = the network's (kaiming for orthogonal)."""
-    accumulate: bool = False
-    """CBP: accumulate fractional replacements instead of replacing with probability."""
-    magnitude_every: int = 1
-    """CBP: updates between recomputations of the weight magnitudes in the utility (1 = exact)."""
     reset_optimizer_state: OptimizerReset = "auto"
     """Zero the optimizer state of replaced units: auto (resettable_adam only)."""
     redo: bool = False

@@ -33,7 +33,10 @@ from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.experiment import (
     COMMAND_NAME,
+    METRIC,
+    UNIT,
     PermutedMNISTRun,
+    budget,
     prepare,
     torch_threads,
     train,
@@ -127,14 +130,14 @@ def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Me
 
 
 COMMAND = Command(
-    name="pmnist",
+    name=COMMAND_NAME,
     summary="online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
     main=main,
     parse=parse,
     config=PermutedMNISTConfig,
-    metric="accuracy",
-    unit="examples",
-    budget=lambda config: int(config.tasks * config.examples_per_task),
+    metric=METRIC,
+    unit=UNIT,
+    budget=budget,
     budget_flags=("--tasks",),
     reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],

@@ -59,11 +59,22 @@ from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.results import RunResults
 from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
 
+COMMAND_NAME = "pmnist"
+"""The command of these runs, ``python -m cbp_rl.train pmnist``."""
+METRIC = "accuracy"
+"""The performance measure: online accuracy, per task."""
+UNIT = "examples"
+"""What a run's budget counts."""
+
+
+def budget(config: PermutedMNISTConfig) -> int:
+    """A run's budget in :data:`UNIT`: every task's examples."""
+    return config.tasks * config.examples_per_task
+
+
 CHUNK_STEPS = 256
 """Updates whose inputs are gathered at once (chunks start at fixed offsets in a task, so a
 resumed run feeds the engine tensors of the same layout)."""
-COMMAND_NAME = "pmnist"
-"""The command's name (``python -m cbp_rl.train pmnist``), written into ``config.json``."""
 PROBE_BYTES = 256 * 2**20
 """Memory budget of one group of seeds in the task-start probe."""
 
@@ -120,9 +131,8 @@ class PermutedMNISTRun:
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
         self.loggers: list[RunLogger] = []
-        total = config.tasks * config.examples_per_task
         self.status = RunStatusWriter(
-            run_dir, command="pmnist", total=total, unit="examples", metric="accuracy"
+            run_dir, command=COMMAND_NAME, total=budget(config), unit=UNIT, metric=METRIC
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -375,7 +385,7 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
     check_compatible(
         state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
     )
-    total, done = config.tasks * config.examples_per_task, int(state["step"])
+    total, done = budget(config), int(state["step"])
     if total < done:
         raise ValueError(
             f"--tasks {config.tasks} is fewer than the tasks the run has already done "
@@ -397,7 +407,7 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
 def _fresh_run_dir(config: PermutedMNISTConfig) -> Path:
     """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
     if config.run.run_dir is None:
-        root = check_run_dir_path(Path("runs") / "pmnist", flag="--run-dir")
+        root = check_run_dir_path(Path("runs") / COMMAND_NAME, flag="--run-dir")
         run_dir = new_run_dir(root, config.label())
     else:
         run_dir = Path(config.run.run_dir)
@@ -472,7 +482,7 @@ def train(
     or weight becomes non-finite.
     """
     config = experiment.config
-    total = config.tasks * config.examples_per_task
+    total = budget(config)
     limit = total if stop_at_examples is None else min(total, stop_at_examples)
     try:
         with (

@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
+from cbp_rl.cbp import CBPConfig
 from cbp_rl.lab.commands import COMMANDS, MODULES, CommandRegistry, UnknownCommandError
-from cbp_rl.lab.spec import SpecError, parse_spec
+from cbp_rl.lab.spec import SpecError, command_flags, parse_spec
+from cbp_rl.run.cbp_flags import RENAMED, to_cbp_config
 from cbp_rl.run.command import Command
 
 
@@ -64,3 +66,21 @@ def test_sweeps_and_evaluate_read_the_registry() -> None:
         COMMANDS.policy_loader("pmnist")
     with pytest.raises(ValueError, match="unknown command 'nope'"):
         COMMANDS.policy_loader("nope")
+
+
+def test_the_cbp_flags_are_cbp_configs_fields() -> None:
+    """The commands' CBP flags come from the one declaration, CBPConfig: every field is a flag
+    (``init`` as ``--cbp-init``; RL leaves bias compensation out), and pmnist's flags give back
+    the CBPConfig they stand for."""
+    names = [RENAMED.get(f.name, f.name).replace("_", "-") for f in dataclasses.fields(CBPConfig)]
+    for command, left_out in (("ppo", {"bias-compensation"}), ("sac", {"bias-compensation"})):
+        flags = command_flags(COMMANDS[command].config)
+        assert set(names) - left_out <= set(flags) and not left_out & set(flags)
+    assert set(names) <= set(command_flags(COMMANDS["pmnist"].config))
+    config = COMMANDS["pmnist"].parse(["--maturity-threshold", "7", "--cbp-init", "lecun"])
+    assert config.cbp.to_cbp_config() == CBPConfig(
+        maturity_threshold=7, init="lecun", utility="adaptable_contribution", accumulate=True
+    )
+    assert to_cbp_config(COMMANDS["ppo"].parse([]).methods, init="xavier").maturity_threshold == (
+        10_000
+    )

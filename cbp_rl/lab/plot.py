@@ -409,7 +409,7 @@ def line_points(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
 
 
 @dataclass(frozen=True)
-class LineOptions:
+class LineConfig:
     """How lines are made from seeds."""
 
     band: str = "stderr"
@@ -424,7 +424,7 @@ class LineOptions:
     """Bootstrap seed."""
 
 
-def line_series(runs: Sequence[Run], name: str, options: LineOptions) -> Series | None:
+def line_series(runs: Sequence[Run], name: str, options: LineConfig) -> Series | None:
     """The seeds of ``runs`` for series ``name`` on one grid (``None`` if no run has it)."""
     parts = [run.series[name] for run in runs if name in run.series]
     parts = [p for p in parts if len(p.x)]
@@ -453,7 +453,7 @@ def plot_metric(
     figure: Figure,
     lines: Mapping[str, Series],
     out: Path,
-    options: LineOptions | None = None,
+    options: LineConfig | None = None,
 ) -> Path:
     """Draw one figure: a line per label (mean over seeds) with its band."""
     import matplotlib
@@ -462,7 +462,7 @@ def plot_metric(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    options = options or LineOptions()
+    options = options or LineConfig()
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
     try:
         for label, series in lines.items():
@@ -509,12 +509,12 @@ def plot_runs(
     *,
     metrics: Sequence[str] | None = None,
     bin_width: int = 1,
-    options: LineOptions | None = None,
+    options: LineConfig | None = None,
     table: bool = False,
 ) -> list[Path]:
     """One PNG per metric in ``out`` (and with ``table`` the summary tables); returns the
     paths written."""
-    options = options or LineOptions()
+    options = options or LineConfig()
     if bin_width > 1:
         options = dataclasses.replace(options, bin_width=bin_width)
     if not runs:
@@ -554,7 +554,7 @@ def summary_tables(
     runs: Sequence[Run],
     lines_by_metric: Mapping[str, Mapping[str, Series]],
     out: Path,
-    options: LineOptions,
+    options: LineConfig,
 ) -> list[Path]:
     """``summary.csv`` and ``summary.md`` of the plotted lines (performance first)."""
     performance = {run.performance for run in runs if run.performance}
@@ -640,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bin must be >= 1")
     if args.points < 1 or args.bootstrap_samples < 1:
         parser.error("--points and --bootstrap-samples must be >= 1")
-    options = LineOptions(args.band, args.points, args.bin_width, args.bootstrap_samples, args.seed)
+    options = LineConfig(args.band, args.points, args.bin_width, args.bootstrap_samples, args.seed)
     try:
         runs, sweep = load_dirs(args.run_dirs)
         out = args.out or default_out(args.run_dirs)
@@ -656,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "READERS",
     "Figure",
-    "LineOptions",
+    "LineConfig",
     "Run",
     "Series",
     "binned",
