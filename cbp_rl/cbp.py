@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -255,6 +255,7 @@ class GenerateAndTest(nn.Module):
         self.register_buffer("replacements", torch.zeros(per_layer, dtype=torch.int64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._generators = [torch.Generator().manual_seed(s) for s in seed_list]
+        self._uniform = _BufferedUniform(self._generators, len(self.layer_sizes))
         self._book = _HostBook(self.num_seeds, len(self.layer_sizes))
         self._magnitudes: _MagnitudePlan | None = None
         self.register_buffer("_one", torch.ones((), dtype=torch.int64, device=device), False)
@@ -264,6 +265,7 @@ class GenerateAndTest(nn.Module):
 
     # ----------------------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
+        self._uniform.sync(range(self.num_seeds))
         return {"generators": [g.get_state() for g in self._generators]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -272,6 +274,7 @@ class GenerateAndTest(nn.Module):
             raise ValueError(
                 f"state has {len(saved)} generator states for {len(self._generators)} seeds"
             )
+        self._uniform.discard()
         for generator, generator_state in zip(self._generators, saved, strict=True):
             generator.set_state(generator_state)
 
@@ -388,7 +391,8 @@ class GenerateAndTest(nn.Module):
 
     def _replace_units(self, layouts: Sequence[UnitLayout]) -> list[Replacement]:
         done = []
-        for layer, seeds, counts in self._book.plan(self.config, self._generators):
+        for layer, seeds, counts in self._book.plan(self.config, self._uniform):
+            self._uniform.sync(seeds)  # the generators serve the new weights next
             done += self._replace_layer(layouts[layer], layer, seeds, counts)
         return done
 
@@ -473,8 +477,10 @@ class _HostBook:
         """``replacement_rate * eligible``, kept until eligibility changes (see ``_expect``)."""
         self.certain = np.zeros((num_seeds, num_layers), np.int64)
         self.any_certain = False
-        self.drawing: list[tuple[int, list[tuple[int, float]]]] = []
-        """Seeds that draw this step, with (layer, probability) for each layer drawn for."""
+        self.draw_seeds = np.zeros(0, np.int64)
+        """Seeds that draw this step (probabilistic replacement)."""
+        self.draw_chances = np.zeros((0, num_layers))
+        """``[draw_seeds, layers]``: the probability of replacing one unit, -1 where none."""
         self.stale = True
 
     def rebuild(
@@ -507,7 +513,7 @@ class _HostBook:
         self.stale = False
 
     def plan(
-        self, config: CBPConfig, generators: Sequence[torch.Generator]
+        self, config: CBPConfig, uniform: _BufferedUniform
     ) -> list[tuple[int, list[int], list[int]]]:
         """``(layer, seeds, counts)`` of the units to replace at this step."""
         maturing, eligible = self.maturing, self.eligible
@@ -529,12 +535,12 @@ class _HostBook:
             plan = np.minimum(chosen.astype(np.int64), eligible)
         else:
             plan = self.certain
-            for seed, chances in self.drawing:  # one unit with probability rr * n_eligible < 1
-                draws = torch.rand(eligible.shape[1], generator=generators[seed]).tolist()
-                for layer, chance in chances:
-                    if draws[layer] <= chance:
-                        plan = plan.copy() if plan is self.certain else plan
-                        plan[seed, layer] = 1
+            if len(self.draw_seeds):  # one unit with probability rr * n_eligible < 1
+                hits = uniform.next(self.draw_seeds) <= self.draw_chances
+                if hits.any():
+                    rows, layers = np.nonzero(hits)
+                    plan = plan.copy()
+                    plan[self.draw_seeds[rows], layers] = 1
             if plan is self.certain and not self.any_certain:
                 return []
         return [
@@ -551,14 +557,9 @@ class _HostBook:
         self.certain = np.minimum(np.floor(self.expected).astype(np.int64), eligible)
         self.any_certain = bool(self.certain.any())
         below = (self.expected < 1.0) & (eligible > 0)
-        self.drawing = [
-            (
-                seed,
-                [(int(layer), float(self.expected[seed, layer])) for layer in np.flatnonzero(row)],
-            )
-            for seed, row in enumerate(below)
-            if row.any()
-        ]
+        self.draw_seeds = np.flatnonzero(below.any(1))
+        rows = self.draw_seeds
+        self.draw_chances = np.where(below[rows], self.expected[rows], -1.0)
 
     def replaced(
         self, seeds: list[int], layer: int, counts: list[int], maturity_threshold: int
@@ -567,6 +568,52 @@ class _HostBook:
         self.expected = None
         self.maturing.append((self.steps + maturity_threshold + 1, seeds, layer, counts))
         self.replacements[seeds, layer] += counts
+
+
+class _BufferedUniform:
+    """Each seed's uniform draws for probabilistic replacement, one row of ``width`` values per
+    step, taken from its generator in blocks: the same numbers in the same order as one
+    ``torch.rand(width, generator)`` per step (the CPU generator fills a tensor serially), at a
+    fraction of the cost. Before a generator serves anything else, :meth:`sync` puts it where
+    the unbuffered calls would have left it, so every other draw is unchanged too."""
+
+    BLOCK = 1024
+
+    def __init__(self, generators: Sequence[torch.Generator], width: int) -> None:
+        self.generators, self.width = generators, width
+        self.values = np.zeros((len(generators), self.BLOCK, width), np.float32)
+        self.cursor = np.full(len(generators), self.BLOCK)
+        """Rows used of each seed's block (``BLOCK``: no block held)."""
+        self.snapshots: list[Tensor | None] = [None] * len(generators)
+        """Each generator's state before its block was drawn."""
+
+    def next(self, seeds: np.ndarray) -> np.ndarray:
+        """The next row of draws of each of ``seeds``, ``[len(seeds), width]``."""
+        for s in seeds[self.cursor[seeds] >= self.BLOCK].tolist():
+            generator = self.generators[s]
+            self.snapshots[s] = generator.get_state()
+            block = torch.rand(self.BLOCK * self.width, generator=generator)
+            self.values[s] = block.view(self.BLOCK, self.width).numpy()
+            self.cursor[s] = 0
+        rows = self.values[seeds, self.cursor[seeds]]
+        self.cursor[seeds] += 1
+        return rows
+
+    def sync(self, seeds: Iterable[int]) -> None:
+        """Rewind the generators of ``seeds`` to just past the draws used; drop their blocks."""
+        for s in seeds:
+            used, snapshot = int(self.cursor[s]), self.snapshots[s]
+            if used < self.BLOCK and snapshot is not None:
+                generator = self.generators[s]
+                generator.set_state(snapshot)
+                if used:
+                    torch.rand(used * self.width, generator=generator)
+            self.cursor[s], self.snapshots[s] = self.BLOCK, None
+
+    def discard(self) -> None:
+        """Drop every block without touching the generators (their states are being set)."""
+        self.cursor[:] = self.BLOCK
+        self.snapshots = [None] * len(self.generators)
 
 
 class _PerUnitReducer:

@@ -6,28 +6,26 @@
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
 ``--tasks``) needs to be given; changing anything else is refused. ``--resume-fallback`` resumes
-from the previous checkpoint when the latest is unreadable. Exit codes, the run directory's
-lock and the refusals follow :mod:`cbp_rl.run.conventions`.
+from the previous checkpoint when the latest is unreadable; exit codes, the run directory's lock
+and the refusals follow :mod:`cbp_rl.run.conventions`. The parsing and resume helpers here serve
+every supervised command (``regression`` too).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import tyro
 
+from cbp_rl.run import conventions
+from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.configs import config_from_dict
-from cbp_rl.run.conventions import (
-    COMMAND_KEY,
-    UsageError,
-    check_run_command,
-    run_command,
-    stop_exit_code,
-)
+from cbp_rl.run.conventions import UsageError, check_run_command, stop_exit_code
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
@@ -42,7 +40,7 @@ from cbp_rl.supervised.experiment import (
     train,
 )
 
-PROG = "python -m cbp_rl.train pmnist"
+ConfigT = TypeVar("ConfigT")
 
 
 def _resume_dir(argv: Sequence[str]) -> Path | None:
@@ -54,39 +52,75 @@ def _resume_dir(argv: Sequence[str]) -> Path | None:
     return None
 
 
-def saved_config(run_dir: Path) -> PermutedMNISTConfig:
-    """The configuration a run directory was started with (its ``config.json``)."""
+def load_saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
+    """The ``cls`` configuration a ``command`` run directory was started with (``config.json``)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(
             f"--resume {run_dir}: no config.json there; pass the directory a "
-            "`python -m cbp_rl.train pmnist` run wrote"
+            f"`python -m cbp_rl.train {command}` run wrote"
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
-    check_run_command(values, run_dir, command=COMMAND_NAME)
-    values.pop(COMMAND_KEY, None)
+    if not isinstance(values, dict):
+        raise UsageError(f"--resume {run_dir}: its config.json holds no configuration")
+    check_run_command(values, run_dir, command=command)
+    for key in conventions.COMMAND_KEYS:
+        values.pop(key, None)
     try:
-        config = config_from_dict(PermutedMNISTConfig, values)
+        config: ConfigT = config_from_dict(cls, values)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--resume {run_dir}: its config.json cannot be read: {err}") from err
     return config
 
 
-def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
-    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> ConfigT:
+    """A ``cls`` configuration from command-line flags (with ``--resume``: over the saved one)."""
     resume = _resume_dir(argv)
     markers = (tyro.conf.OmitArgPrefixes,)
+    prog = f"python -m cbp_rl.train {command}"
     if resume is None:
-        return tyro.cli(PermutedMNISTConfig, args=list(argv), prog=PROG, config=markers)
-    default = saved_config(resume)
-    return tyro.cli(
-        PermutedMNISTConfig, args=list(argv), prog=PROG, default=default, config=markers
-    )
+        return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
+    default = load_saved_config(resume, cls, command)
+    return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
+
+
+def run_command(
+    argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]
+) -> int:
+    """Parse and run a supervised command; returns the exit code (2 for bad input, with the
+    reason on stderr; 1 when ``start`` reports that nothing was done)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse(args)
+        worked = start(config)
+    except SystemExit as exit_:  # tyro: --help or a malformed flag
+        code = exit_.code
+        return code if isinstance(code, int) else 2
+    except (
+        ValueError,
+        DataUnavailableError,
+        ChecksumError,
+        CheckpointError,
+        FileExistsError,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if worked else 1
+
+
+def saved_config(run_dir: Path) -> PermutedMNISTConfig:
+    """The configuration a pmnist run directory was started with (its ``config.json``)."""
+    return load_saved_config(run_dir, PermutedMNISTConfig, "pmnist")
+
+
+def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
+    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+    return parse_config(PermutedMNISTConfig, argv, "pmnist")
 
 
 def prepare_run(config: PermutedMNISTConfig) -> PermutedMNISTRun:
-    """Load the data, claim the run directory and build (or restore) the run."""
+    """Claim the run directory, load the data and build (or restore) the run."""
     try:
         return prepare(config)
     except (DataUnavailableError, ChecksumError) as err:
@@ -103,7 +137,9 @@ def execute(experiment: PermutedMNISTRun) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return run_command(f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute)
+    return conventions.run_command(
+        f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute
+    )
 
 
 def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:

@@ -44,7 +44,7 @@ from cbp_rl.run.conventions import (
     check_memory,
     refuse_finished,
 )
-from cbp_rl.run.logging import CONFIG_FILE, RunLogger, RunStatusWriter
+from cbp_rl.run.logging import CONFIG_FILE, RunStatusWriter
 from cbp_rl.run.rundir import (
     check_run_dir_path,
     claim_run_dir,
@@ -57,6 +57,7 @@ from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.results import RunResults
+from cbp_rl.supervised.seedlogs import SeedLogs
 from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
 
 COMMAND_NAME = "pmnist"
@@ -130,7 +131,7 @@ class PermutedMNISTRun:
         self.plan: TaskPlan | None = None
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
-        self.loggers: list[RunLogger] = []
+        self.logs: SeedLogs | None = None
         self.status = RunStatusWriter(
             run_dir, command=COMMAND_NAME, total=budget(config), unit=UNIT, metric=METRIC
         )
@@ -142,30 +143,25 @@ class PermutedMNISTRun:
 
     def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
         """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
-        config = {COMMAND_KEY: COMMAND_NAME, **to_jsonable(self.config)}
         step = None if resume_positions is None else self.task + 1
-        dirs = [self.run_dir] + [self.run_dir / f"seed_{s}" for s in self.config.seed_list]
-        configs = [config] + [{**config, "seed": s, "seeds": 1} for s in self.config.seed_list]
-        for index, (directory, cfg) in enumerate(zip(dirs, configs, strict=True)):
-            position = None if resume_positions is None else resume_positions[index]
-            self.loggers.append(
-                RunLogger(directory, cfg, resume_step=step, resume_position=position)
-            )
+        self.logs = SeedLogs(
+            self.run_dir,
+            {COMMAND_KEY: COMMAND_NAME, **to_jsonable(self.config)},
+            self.config.seed_list,
+            resume_step=step,
+            resume_positions=resume_positions,
+        )
         if resume_positions is not None and self.position > 0:
             self._log_measures(self.task)  # the resumed task's start measures were purged
 
     def close(self) -> None:
-        for logger in self.loggers:
-            logger.close()
+        if self.logs is not None:
+            self.logs.close()
 
     def _log(self, values: dict[str, np.ndarray], step: int) -> None:
         """Log ``{tag: [S] values}``: per seed, and their mean in the root log."""
-        finite = {tag: v for tag, v in values.items() if np.all(np.isfinite(v))}
-        if not finite:
-            return
-        self.loggers[0].scalars({tag: float(np.mean(v)) for tag, v in finite.items()}, step)
-        for s, logger in enumerate(self.loggers[1:]):
-            logger.scalars({tag: float(v[s]) for tag, v in finite.items()}, step)
+        assert self.logs is not None
+        self.logs.log(values, step)
 
     def _log_measures(self, task: int) -> None:
         measures = self.results.measures_of(task)
@@ -319,7 +315,7 @@ class PermutedMNISTRun:
             "stream": self.stream.state_dict(),
             "results": self.results.state_dict(),
             "replaced_before": self.replaced_before,
-            "log_positions": [logger.position() for logger in self.loggers],
+            "log_positions": [] if self.logs is None else self.logs.positions(),
             "rng": capture_rng_state(),
         }
         self.checkpoints.save(self.examples_done, state)

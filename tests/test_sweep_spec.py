@@ -82,7 +82,7 @@ def test_pmnist_batches_consecutive_seeds() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"command": "dqn"}, "unknown command 'dqn'; choose one of ppo, sac, pmnist"),
+        ({"command": "dqn"}, "unknown command 'dqn'; choose one of ppo, sac, pmnist, regression"),
         ({"sweeps": 3}, "unknown key(s) ['sweeps']"),
         ({"seeds": 0}, "seeds must be >= 1"),
         ({"seeds": "many"}, "seeds must be a count"),

@@ -8,6 +8,10 @@ seed against an x axis) by the first reader of :data:`READERS` that understands 
   accuracy per task, %), ``loss``, ``dead_units`` (% of hidden units), ``weight_magnitude``
   (mean |W| over all weights), ``effective_rank`` and ``rank99`` (last hidden layer),
   ``replacements`` (units reinitialized per task), against the task number;
+* a ``results.npz`` of binned errors (slowly-changing regression): ``error`` (mean squared
+  error per bin), ``dead_units`` (% of hidden units), ``effective_rank`` and
+  ``weight_magnitude`` (mean |W| into the hidden layer) at each bin's end, ``replacements``
+  (units reinitialized per bin), against examples;
 * an RL run (``config.json`` with an ``algorithm``, and ``episodes.csv``): ``return`` (every
   episode's return, ``episodes.csv``) and, per network (``policy``, ``value``, ...),
   ``<net>/dead_units`` (% of hidden units), ``<net>/weight_magnitude`` (mean |W|),
@@ -60,7 +64,15 @@ from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
 from cbp_rl.supervised.results import RESULTS_FILE
 
 MANIFEST_FILE = "sweep.json"
-IGNORED_CONFIG_KEYS = ("seed", "seeds", "run", "tasks", "data.data_dir", "data.download")
+IGNORED_CONFIG_KEYS = (
+    "seed",
+    "seeds",
+    "run",
+    "tasks",
+    "examples",
+    "data.data_dir",
+    "data.download",
+)
 """Config fields (dotted, with everything below them) that do not make a different setting."""
 
 
@@ -118,14 +130,60 @@ PMNIST_FIGURES: dict[str, Figure] = {
 }
 
 
-def read_results(path: Path) -> Run | None:
-    """A run directory with a ``results.npz`` of per-seed, per-task arrays."""
+EXAMPLES = "examples"
+REGRESSION_FIGURES: dict[str, Figure] = {
+    "error": Figure("Squared error, binned", "mean squared error per bin", EXAMPLES),
+    "dead_units": Figure("Dead hidden units at each bin's end", "dead units (%)", EXAMPLES),
+    "effective_rank": Figure("Effective rank of the hidden layer", "effective rank", EXAMPLES),
+    "weight_magnitude": Figure("Weight magnitude of the hidden layer", "mean |w|", EXAMPLES),
+    "replacements": Figure("Units reinitialized per bin", "units per bin", EXAMPLES),
+}
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray] | None:
     file = path / RESULTS_FILE
     if not file.is_file():
         return None
     with np.load(file) as data:
-        arrays = {name: data[name] for name in data.files}
-    done = int(arrays.get("tasks_done", arrays["accuracy"].shape[1]))
+        return {name: data[name] for name in data.files}
+
+
+def read_binned_results(path: Path) -> Run | None:
+    """A run directory with a ``results.npz`` of per-seed, per-bin errors (regression)."""
+    arrays = _npz_arrays(path)
+    if arrays is None or "errors" not in arrays:
+        return None
+    done = int(arrays["bins_done"])
+    size = int(arrays["bin_size"])
+    x = size * np.arange(1, done + 1, dtype=np.float64)
+
+    def take(name: str) -> np.ndarray:
+        return np.asarray(arrays[name][:, :done], dtype=np.float64)
+
+    series = {
+        "error": Series(x, take("errors")),
+        "weight_magnitude": Series(x, take("weight_magnitude")),
+        "dead_units": Series(x, 100.0 * take("dead_units")),
+        "effective_rank": Series(x, take("effective_rank")),
+        "replacements": Series(x, take("replacements")),
+    }
+    figures = dict(REGRESSION_FIGURES)
+    for name in ("dead_units", "effective_rank", "weight_magnitude"):
+        if not np.isfinite(series[name].values).any():  # the linear learner: no hidden layer
+            series.pop(name)
+            figures.pop(name)
+    if not np.nansum(series["replacements"].values) > 0:
+        series.pop("replacements")
+        figures.pop("replacements")
+    return Run(path, _read_config(path), series, figures)
+
+
+def read_results(path: Path) -> Run | None:
+    """A run directory with a ``results.npz`` of per-seed, per-task arrays."""
+    arrays = _npz_arrays(path)
+    if arrays is None or "accuracy" not in arrays:
+        return None
+    done = int(arrays["tasks_done"]) if "tasks_done" in arrays else arrays["accuracy"].shape[1]
     x = np.arange(1, done + 1, dtype=np.float64)
 
     def take(name: str) -> np.ndarray:
@@ -248,7 +306,7 @@ def _one_seed(points: tuple[np.ndarray, np.ndarray]) -> Series:
     return Series(points[0], points[1][None, :])
 
 
-READERS: list[Reader] = [read_results, read_rl_run, read_event_files]
+READERS: list[Reader] = [read_binned_results, read_results, read_rl_run, read_event_files]
 """Tried in order; the first that returns a :class:`Run` reads the directory."""
 
 

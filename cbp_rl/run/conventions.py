@@ -64,6 +64,7 @@ from cbp_rl.run.rundir import RunDirectoryError, claims_released
 
 __all__ = [
     "COMMAND_KEY",
+    "COMMAND_KEYS",
     "EXIT_DIVERGED",
     "EXIT_FAILED",
     "EXIT_OK",
@@ -91,6 +92,8 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 COMMAND_KEY = "algorithm"
 """The ``config.json`` key naming the command that wrote a run (``ppo``, ``sac``, ``pmnist``)."""
+COMMAND_KEYS = (COMMAND_KEY, "command")
+"""The keys :func:`command_of` reads (``regression`` runs write ``command``)."""
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -174,13 +177,13 @@ def stop_exit_code(stopped_by: signal.Signals | None) -> int:
 
 
 def command_of(config: Mapping[str, Any]) -> str | None:
-    """The command that wrote a run's ``config.json`` (``None`` if it does not say).
-
-    pmnist runs written before the key existed are recognised by their ``learner`` field.
-    """
-    name = config.get(COMMAND_KEY)
-    if isinstance(name, str):
-        return name
+    """The command that wrote a run's ``config.json`` (``None`` if it does not say): its
+    :data:`COMMAND_KEYS` entry. pmnist runs written before the key existed are recognised by
+    their ``learner`` field."""
+    for key in COMMAND_KEYS:
+        name = config.get(key)
+        if isinstance(name, str):
+            return name
     return "pmnist" if "learner" in config and "examples_per_task" in config else None
 
 
