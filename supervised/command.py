@@ -57,8 +57,8 @@ def load_saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> Config
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(
-            f"--resume {run_dir}: no config.json there; pass the directory a "
-            f"`python -m cbp_rl.train {command}` run wrote"
+            f"--resume {run_dir}: no config.json there, so not a {command} run directory; pass "
+            f"the directory a `python -m cbp_rl.train {command}` run wrote"
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
