@@ -54,6 +54,7 @@ from cbp_rl.agents.runner import (
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
@@ -72,6 +73,7 @@ PresetName = Literal["standard", "ns", "l2", "redo", "cbp", "cleanrl"]
 AdvantageNorm = Literal["batch", "minibatch", "off"]
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOSettings:
     """PPO: rollout, losses and update."""
@@ -149,6 +151,7 @@ class PPOSettings:
 Group = tyro.conf.OmitArgPrefixes
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env.

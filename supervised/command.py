@@ -5,8 +5,10 @@
     python -m cbp_rl.train pmnist --resume runs/bp100 --tasks 1600   # continue, exactly
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
-``--tasks``) needs to be given; changing anything else is refused. The parsing, resume and
-exit-code helpers here serve every supervised command (``regression`` too).
+``--tasks``) needs to be given; changing anything else is refused. ``--resume-fallback`` resumes
+from the previous checkpoint when the latest is unreadable; exit codes, the run directory's lock
+and the refusals follow :mod:`cbp_rl.run.conventions`. The parsing and resume helpers here serve
+every supervised command (``regression`` too).
 """
 
 from __future__ import annotations
@@ -19,13 +21,24 @@ from typing import Any, TypeVar
 
 import tyro
 
+from cbp_rl.run import conventions
 from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.configs import config_from_dict
+from cbp_rl.run.conventions import UsageError, check_run_command, stop_exit_code
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import COMMAND_NAME, METRIC, UNIT, budget, run
+from cbp_rl.supervised.experiment import (
+    COMMAND_NAME,
+    METRIC,
+    UNIT,
+    PermutedMNISTRun,
+    budget,
+    prepare,
+    torch_threads,
+    train,
+)
 
 ConfigT = TypeVar("ConfigT")
 
@@ -43,26 +56,21 @@ def load_saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> Config
     """The ``cls`` configuration a ``command`` run directory was started with (``config.json``)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(
-            f"has no config.json: not a {command} run directory",
-            run_dir,
-            f"pass the directory a `python -m cbp_rl.train {command}` run wrote",
+        raise UsageError(
+            f"--resume {run_dir}: no config.json there, so not a {command} run directory; pass "
+            f"the directory a `python -m cbp_rl.train {command}` run wrote"
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
-    named = values.pop("command", command) if isinstance(values, dict) else command
-    if named != command:
-        raise CheckpointError(
-            f"is a {named} run directory, not a {command} one",
-            run_dir,
-            f"resume it with `python -m cbp_rl.train {named} --resume {run_dir}`",
-        )
+    if not isinstance(values, dict):
+        raise UsageError(f"--resume {run_dir}: its config.json holds no configuration")
+    check_run_command(values, run_dir, command=command)
+    for key in conventions.COMMAND_KEYS:
+        values.pop(key, None)
     try:
         config: ConfigT = config_from_dict(cls, values)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"config.json does not describe a {command} run: {err}", path, "check the directory"
-        ) from err
+        raise UsageError(f"--resume {run_dir}: its config.json cannot be read: {err}") from err
     return config
 
 
@@ -111,14 +119,27 @@ def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
     return parse_config(PermutedMNISTConfig, argv, "pmnist")
 
 
-def _start(config: PermutedMNISTConfig) -> bool:
-    summary = run(config)
-    return bool(summary.tasks_done or summary.stopped)
+def prepare_run(config: PermutedMNISTConfig) -> PermutedMNISTRun:
+    """Claim the run directory, load the data and build (or restore) the run."""
+    try:
+        return prepare(config)
+    except (DataUnavailableError, ChecksumError) as err:
+        raise UsageError(str(err)) from err
+
+
+def execute(experiment: PermutedMNISTRun) -> int:
+    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
+    with torch_threads(experiment.config.run.threads):
+        summary = train(experiment)
+    return stop_exit_code(summary.stopped_by)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
-    return run_command(argv, parse, _start)
+    """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return conventions.run_command(
+        f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute
+    )
 
 
 def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -154,9 +175,9 @@ COMMAND = Command(
     unit=UNIT,
     budget=budget,
     budget_flags=("--tasks",),
-    reserved=("seed", "seeds", "run-dir", "resume"),
+    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
-    resume_flags=lambda config: ["--tasks", str(config.tasks)],
+    resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
     cost=cost,
     batches_seeds=True,
 )

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
@@ -44,6 +45,7 @@ _BASE = {
 }
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DataConfig:
     """Where the digits come from."""
@@ -59,6 +61,7 @@ class DataConfig:
     """Check every file's md5 against the official dataset."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class NetworkConfig:
     """The MLP: inputs -> width x depth -> 10."""
@@ -80,6 +83,7 @@ class NetworkConfig:
         validate_init(self.init)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer (None: the learner's default)."""
@@ -106,6 +110,7 @@ class OptimConfig:
             raise ValueError(f"--update-window must be >= 1, got {self.update_window}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PerturbConfig:
     """Shrink and perturb (snp), on top of weight decay."""
@@ -117,6 +122,7 @@ class PerturbConfig:
     """Multiply every weight by this after each step (1: shrink only through weight decay)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DropoutConfig:
     """Dropout on the hidden units."""
@@ -126,6 +132,7 @@ class DropoutConfig:
     figure 4.8), else 0."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OnlineNormFlags:
     """Online normalization (Chiley et al. 2019) before each hidden activation."""
@@ -142,6 +149,7 @@ class OnlineNormFlags:
     """Clamp the normalized output to [-c, c] (activation clamping); 0 disables."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ReDoConfig:
     """ReDo (learner redo): periodic reinitialization of dormant units."""
@@ -167,6 +175,7 @@ _CBPHyperparameters = cbp_flags(
 """The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as pmnist's flags."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest; its hyperparameters
@@ -179,6 +188,7 @@ class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
         return to_cbp_config(self)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MeasureConfig:
     """The task-start plasticity measures."""
@@ -189,6 +199,7 @@ class MeasureConfig:
     """Examples of the new task the measures are taken on."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunConfig:
     """Run directory, checkpoints and machine."""
@@ -198,6 +209,8 @@ class RunConfig:
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint (other flags default to the
     saved ones; --tasks may grow)."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: int | None = None
     """Examples between checkpoints; default one task; 0: only at the end and on Ctrl+C."""
     threads: int | None = 1
@@ -209,6 +222,7 @@ class RunConfig:
     """Show a progress bar (on a terminal)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PermutedMNISTConfig:
     """Online permuted MNIST (thesis chapter 4): a sequence of tasks, each a fixed random

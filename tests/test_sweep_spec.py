@@ -76,7 +76,7 @@ def test_pmnist_batches_consecutive_seeds() -> None:
     assert [r.name for r in runs] == ["base-s0-2", "base-s3-4", "base-s9"]
     assert runs[1].argv[-4:] == ("--seed", "3", "--seeds", "2")
     assert runs[0].total == 500 and runs[0].resources == Resources(2.0, 0.0, 3)
-    assert runs[0].resume_flags == ("--tasks", "5")
+    assert runs[0].resume_flags == ("--tasks", "5", "--resume-fallback")
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,7 @@ from cbp_rl.lab.aggregate import (
 )
 from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.checkpoint import flatten_dict
+from cbp_rl.run.conventions import EXIT_USAGE, report
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
 from cbp_rl.supervised.results import RESULTS_FILE
 
@@ -654,6 +655,8 @@ def plot_runs(
     options = options or LineConfig()
     if bin_width > 1:
         options = dataclasses.replace(options, bin_width=bin_width)
+    if not runs:
+        raise ValueError("nothing to plot: no run has results yet")
     groups = group_runs(runs)
     figures = _figures(runs)
     names = list(metrics) if metrics else list(figures)
@@ -669,9 +672,17 @@ def plot_runs(
             line = line_series(group, name, options)
             if line is not None:
                 lines[label] = line
+        if not lines:
+            continue  # no run has logged it yet: no empty figure
         lines_by_metric[name] = lines
         figure = figures.get(name, Figure(name, name.rsplit("/", 1)[-1]))
         paths.append(plot_metric(name, figure, lines, out, options))
+    if not paths:
+        where = ", ".join(sorted({str(run.path) for run in runs}))
+        raise ValueError(
+            f"nothing to plot: the runs{' in ' + where if where else ''} have logged no data "
+            f"for {', '.join(names) or 'any metric'} yet"
+        )
     if table:
         paths += summary_tables(runs, lines_by_metric, out, options)
     return paths
@@ -774,8 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = sweep if args.table is None else args.table
         paths = plot_runs(runs, out, metrics=args.metrics, options=options, table=table)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report("plot", err, EXIT_USAGE)
     for path in paths:
         print(path)
     return 0

@@ -342,6 +342,11 @@ def parse_spec(
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; a spec has {', '.join(TOP_LEVEL)}")
     command_name = document.get("command")
+    if command_name is None:
+        raise SpecError(
+            f'{where}: names no command; add a line such as command = "ppo" (one of '
+            f"{', '.join(COMMANDS)})"
+        )
     if not isinstance(command_name, str) or command_name not in COMMANDS:
         raise SpecError(
             f"{where}: unknown command {command_name!r}; choose one of {', '.join(COMMANDS)}"
