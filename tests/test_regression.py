@@ -317,7 +317,7 @@ def test_sigterm_stops_the_process_and_resume_finishes(tmp_path: Path) -> None:
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err.decode()
+    assert process.returncode == 143, err.decode()
     stopped = json.loads(status.read_text())
     assert stopped["stopped_by"] == "SIGTERM" and not stopped["finished"]
     assert 2000 <= stopped["step"] < 400_000
