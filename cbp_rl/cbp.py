@@ -1001,10 +1001,10 @@ class ContinualBackprop(GenerateAndTest):
     >>> net = Residual()
     >>> opt = torch.optim.Adam(net.parameters())
     >>> cbp = ContinualBackprop(net, opt, example_inputs=torch.zeros(1, 4), auto_step=True)
-    >>> [layer.name for layer in cbp.hidden_layers]
-    ['fc1']
-    >>> [item.name for item in cbp.left_out]
-    ['inp', 'fc2', 'head']
+    >>> print(*(layer.name for layer in cbp.hidden_layers))
+    fc1
+    >>> print(*(item.name for item in cbp.left_out))
+    inp fc2 head
     >>> net(torch.randn(3, 4)).sum().backward(); opt.step()   # CBP steps here
     >>> cbp.step_count
     1
