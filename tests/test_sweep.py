@@ -37,7 +37,7 @@ from cbp_rl.lab.sweep import (
     write_manifest,
 )
 from cbp_rl.run.checkpoint import load_checkpoint
-from cbp_rl.run.logging import read_run_status
+from cbp_rl.run.logging import read_run_status, read_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("cbp-s0", "cbp-s1")
@@ -263,6 +263,10 @@ def test_ctrl_c_leaves_runs_resumable_and_a_relaunch_finishes_them(
     if views["cbp-s1"].state == "pending":
         assert views["cbp-s1"].step == 0 and not has_checkpoint(out / "runs" / "cbp-s1")
     stopped = [name for name, view in views.items() if view.state == "stopped"]
+    # the plot says how far an unfinished run got
+    plotted = {run.path.name: run for run in plot.load_sweep(out)}
+    done = plotted["cbp-s0"].done
+    assert done == views["cbp-s0"].step / views["cbp-s0"].total and done is not None and done < 1
     first_events = {p.name for p in (out / "runs" / "cbp-s0").glob("events.out.tfevents.*")}
 
     # the folder alone relaunches: its spec.toml, with the --set flags of the first launch
@@ -394,6 +398,12 @@ preset = "cbp"
     written = {Path(line).name for line in capsys.readouterr().out.split()}
     assert {"return.png", "policy_dead_units.png", "policy_weight_magnitude.png"} <= written
     assert {"policy_effective_rank.png", "summary.csv", "summary.md"} <= written
+    assert {"policy_dormant.png", "policy_rank99.png", "value_rank99.png"} <= written
+    # the paper's "stable rank": rank99 of the last hidden layer as a percentage of its 16 units
+    run = plot.load_run(out / "runs" / "cbp-s0")
+    logged = read_tags(out / "runs" / "cbp-s0")["plasticity/policy/rank99/1"][1]
+    assert np.array_equal(run.series["policy/rank99"].values[0], logged * 100.0 / 16)
+    assert 0 < logged.min() and logged.max() <= 16
     markdown = (out / "plots" / "summary.md").read_text(encoding="utf-8")
     assert "### return" in markdown and "bootstrap 95%" in markdown
 

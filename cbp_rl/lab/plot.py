@@ -107,6 +107,8 @@ class Run:
     """Series logged at x values of their own in every seed (episode ends): always binned."""
     label: str | None = None
     """The line this run belongs to (a sweep's setting); ``None``: grouped by config."""
+    done: float | None = None
+    """The fraction of its budget a sweep's run has done, when it is not finished."""
 
 
 Reader = Callable[[Path], Run | None]
@@ -280,11 +282,23 @@ def read_conv_results(path: Path) -> Run | None:
     return Run(path, _read_config(path), series, figures, performance="test_accuracy")
 
 
+PERCENT_OF_UNITS = -1.0
+"""A scale in :data:`RL_MEASURES`: divide by the layer's width and multiply by 100."""
+
 RL_MEASURES: dict[str, tuple[str, float, Figure]] = {
     "dead_units": (
         "all",
         100.0,
         Figure("Dead units of the {net} network", "dead units (%)", STEPS),
+    ),
+    "dormant": (
+        "all",
+        100.0,
+        Figure(
+            "Dormant units of the {net} network (ReDo ratio <= --dormant-tau)",
+            "dormant units (%)",
+            STEPS,
+        ),
     ),
     "weight_magnitude": (
         "all",
@@ -296,14 +310,29 @@ RL_MEASURES: dict[str, tuple[str, float, Figure]] = {
         1.0,
         Figure("Effective rank, last hidden layer of the {net} network", "effective rank", STEPS),
     ),
+    "rank99": (
+        "last",
+        PERCENT_OF_UNITS,
+        Figure(
+            "The paper's stable rank (rank99), last hidden layer of the {net} network",
+            "singular values for 99% (% of units)",
+            STEPS,
+        ),
+    ),
     "stable_rank": (
         "last",
         1.0,
-        Figure("Stable rank, last hidden layer of the {net} network", "stable rank", STEPS),
+        Figure(
+            "Numerical stable rank, last hidden layer of the {net} network",
+            "sum(s^2) / max(s)^2",
+            STEPS,
+        ),
     ),
 }
 """The plasticity figures of an RL run, per network: the layer read (``all``: the tag pooling
-every hidden unit or weight; ``last``: the last hidden layer), a scale, the figure."""
+every hidden unit or weight; ``last``: the last hidden layer), a scale (or
+:data:`PERCENT_OF_UNITS`), the figure. ``rank99`` is what the paper and its code call the
+stable rank (``compute_stable_rank``); ``stable_rank`` is the numerical one."""
 
 
 def read_rl_run(path: Path) -> Run | None:
@@ -326,12 +355,23 @@ def read_rl_run(path: Path) -> Run | None:
             source_tag = _layer_tag(series, f"plasticity/{net}/{measure}", layer)
             if source_tag is None:
                 continue
+            if scale == PERCENT_OF_UNITS:
+                width = _last_hidden_width(config)
+                if width is None:
+                    continue
+                scale = 100.0 / width
             source = series[source_tag]
             name = f"{net}/{measure}"
             series[name] = Series(source.x, scale * source.values)
             figures[name] = Figure(figure.title.format(net=net), figure.ylabel, STEPS)
     metric = COMMANDS[config["algorithm"]].metric
     return Run(path, config, series, figures, performance=metric, irregular=frozenset({"return"}))
+
+
+def _last_hidden_width(config: Mapping[str, Any]) -> int | None:
+    """The width of the last hidden layer of an RL run's networks (``network.hidden_sizes``)."""
+    sizes = config.get("network", {}).get("hidden_sizes")
+    return int(sizes[-1]) if sizes else None
 
 
 def _layer_tag(series: Mapping[str, Series], prefix: str, layer: str) -> str | None:
@@ -411,11 +451,12 @@ def is_sweep(path: Path) -> bool:
 
 def load_sweep(path: str | os.PathLike[str], *, prefix: str = "") -> list[Run]:
     """The runs of a sweep folder that have results yet, labelled ``prefix + setting``."""
-    from cbp_rl.lab.sweep import SweepPaths, load_manifest
+    from cbp_rl.lab.sweep import SweepPaths, load_manifest, run_states
 
     paths = SweepPaths(Path(path))
     manifest = load_manifest(paths.root)
-    runs, missing = [], []
+    views = {view.name: view for view in run_states(paths.root)}
+    runs, missing, going = [], [], []
     for spec in manifest.runs:
         run_dir = paths.run_dir(spec.name)
         try:
@@ -424,7 +465,13 @@ def load_sweep(path: str | os.PathLike[str], *, prefix: str = "") -> list[Run]:
             missing.append(spec.name)
             continue
         run.label = prefix + spec.setting
+        view = views[spec.name]
+        if view.state != "done" and view.total > 0:
+            run.done = view.step / view.total
+            going.append(f"{spec.name} ({view.state}, {view.step:,} of {view.total:,})")
         runs.append(run)
+    if going:
+        print(f"note: {len(going)} run(s) not finished: {', '.join(going)}", file=sys.stderr)
     if missing:
         print(
             f"note: {len(missing)} run(s) without results yet: {', '.join(missing[:8])}"
@@ -592,8 +639,10 @@ def plot_metric(
     lines: Mapping[str, Series],
     out: Path,
     options: LineConfig | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
-    """Draw one figure: a line per label (mean over seeds) with its band."""
+    """Draw one figure: a line per label (mean over seeds) with its band; ``notes`` are added
+    to the legend entries of their labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -606,12 +655,13 @@ def plot_metric(
         for label, series in lines.items():
             line = band(series, options.band, samples=options.samples, seed=options.seed)
             seeds = int(line.count.max()) if line.count.size else 0
-            text = textwrap.fill(f"{label} ({seeds} seed{'s' * (seeds != 1)})", 80)
+            note = f"; {notes[label]}" if notes and label in notes else ""
+            text = textwrap.fill(f"{label} ({seeds} seed{'s' * (seeds != 1)}{note})", 80)
             (drawn,) = ax.plot(
                 line.x, line.mean, label=text, marker="." if len(line.x) < 30 else None
             )
             ax.fill_between(line.x, line.low, line.high, color=drawn.get_color(), alpha=0.25, lw=0)
-        ax.set_title(figure.title)
+        ax.set_title(textwrap.fill(figure.title, 70))
         ax.set_xlabel(figure.xlabel)
         ax.set_ylabel(figure.ylabel)
         ax.grid(alpha=0.3)
@@ -664,6 +714,7 @@ def plot_runs(
     if unknown:
         available = sorted({name for run in runs for name in run.series})
         raise ValueError(f"no run has {unknown}; available: {', '.join(available)}")
+    notes = _unfinished_notes(groups)
     paths = []
     lines_by_metric: dict[str, dict[str, Series]] = {}
     for name in names:
@@ -676,7 +727,7 @@ def plot_runs(
             continue  # no run has logged it yet: no empty figure
         lines_by_metric[name] = lines
         figure = figures.get(name, Figure(name, name.rsplit("/", 1)[-1]))
-        paths.append(plot_metric(name, figure, lines, out, options))
+        paths.append(plot_metric(name, figure, lines, out, options, notes))
     if not paths:
         where = ", ".join(sorted({str(run.path) for run in runs}))
         raise ValueError(
@@ -686,6 +737,17 @@ def plot_runs(
     if table:
         paths += summary_tables(runs, lines_by_metric, out, options)
     return paths
+
+
+def _unfinished_notes(groups: Mapping[str, Sequence[Run]]) -> dict[str, str]:
+    """Per line with unfinished runs: how far they got (``still going: 31%``, or a range)."""
+    notes = {}
+    for label, group in groups.items():
+        done = sorted(run.done for run in group if run.done is not None)
+        if done:
+            span = f"{done[0]:.0%}" if done[0] == done[-1] else f"{done[0]:.0%}-{done[-1]:.0%}"
+            notes[label] = f"not finished: {span} of the budget"
+    return notes
 
 
 def summary_tables(
