@@ -403,7 +403,7 @@ preset = "cbp"
     run = plot.load_run(out / "runs" / "cbp-s0")
     logged = read_tags(out / "runs" / "cbp-s0")["plasticity/policy/rank99/1"][1]
     assert np.array_equal(run.series["policy/rank99"].values[0], logged * 100.0 / 16)
-    assert 0 < logged.min() and logged.max() <= 16
+    assert logged.min() > 0 and logged.max() <= 16
     markdown = (out / "plots" / "summary.md").read_text(encoding="utf-8")
     assert "### return" in markdown and "bootstrap 95%" in markdown
 
