@@ -9,7 +9,8 @@ Unit measures, on the activations ``h`` of one hidden layer:
 - dead unit fraction: the fraction of units with ``h_j = 0`` on every example and every position
   (Dohare et al. 2024; 2000 examples at the start of each task in permuted MNIST).
 - inactive unit fraction: the fraction of units non-zero on less than a threshold (0.01) of the
-  examples and positions (the "dormant units" of the reference's class-incremental CIFAR).
+  examples and positions (the "dormant units" of the reference's class-incremental CIFAR analysis
+  and of its RL figures, the paper's Fig. 4).
 - dormant ratio (ReDo, Sokar et al. 2023): ``score_j = a_j / mean_k a_k`` with
   ``a_j = mean_{M,P} |h_j|``; the fraction of units with ``score_j <= tau``. Every unit counts
   as dormant when the layer's mean ``mean_k a_k`` is 0. ``tau = 0`` counts units whose output is
@@ -64,6 +65,7 @@ WeightSource = nn.Module | Tensor | Iterable[nn.Module | Tensor]
 
 MEASURES: tuple[str, ...] = (
     "dead_units",
+    "inactive",
     "dormant",
     "effective_rank",
     "rank99",
@@ -75,7 +77,8 @@ MEASURES: tuple[str, ...] = (
 """The measures :class:`PlasticityProbe` can compute, each the prefix of its keys."""
 
 _RANK_MEASURES = ("effective_rank", "rank99", "stable_rank")
-_UNIT_MEASURES = ("dead_units", "dormant", *_RANK_MEASURES)
+_UNIT_MEASURES = ("dead_units", "inactive", "dormant", *_RANK_MEASURES)
+_POOLED_MEASURES = ("dead_units", "inactive", "dormant")
 
 
 # --- unit measures -------------------------------------------------------------------------------
@@ -410,6 +413,9 @@ class PlasticityProbe:
     ``layers``) gives, for each selected measure:
 
     - ``dead_units/{i}``, ``dead_units/mean`` (over layers), ``dead_units/all`` (over all units)
+    - ``inactive/{i}``, ``inactive/mean``, ``inactive/all``: units non-zero on less than
+      ``inactive_threshold`` (0.01) of the probe examples (the "dormant units" of the paper's
+      figures, :func:`inactive_unit_fraction`)
     - ``dormant/{i}``, ``dormant/mean``, ``dormant/all``: ReDo ratio with ``dormant_tau``
     - ``effective_rank/{i}``, ``rank99/{i}`` (approximate rank, threshold 0.99),
       ``stable_rank/{i}``, each with ``/mean`` over layers
@@ -433,12 +439,15 @@ class PlasticityProbe:
         layers: Sequence[LayerSpec] | None = None,
         *,
         dormant_tau: float = 0.0,
+        inactive_threshold: float = 0.01,
         measures: Collection[str] | None = None,
         example_inputs: ExampleInputs | None = None,
         example_call: Callable[..., Any] | None = None,
     ) -> None:
         if dormant_tau < 0:
             raise ValueError(f"dormant_tau must be >= 0, got {dormant_tau}")
+        if not 0.0 <= inactive_threshold <= 1.0:
+            raise ValueError(f"inactive_threshold must be in [0, 1], got {inactive_threshold}")
         if isinstance(measures, str):
             measures = (measures,)
         chosen = set(MEASURES if measures is None else measures)
@@ -454,6 +463,7 @@ class PlasticityProbe:
         self.layers: list[HiddenLayer] = list(found.hidden)
         self.call = example_call
         self.dormant_tau = dormant_tau
+        self.inactive_threshold = inactive_threshold
         self.measures: frozenset[str] = frozenset(chosen)
         names = {id(w): name for name, w in named_weights(net).items()}
         watched = [layer.incoming.weight for layer in self.layers]
@@ -494,6 +504,8 @@ class PlasticityProbe:
         for acts in activations:
             if "dead_units" in self.measures:
                 per_layer["dead_units"].append(dead_unit_fraction(acts))
+            if "inactive" in self.measures:
+                per_layer["inactive"].append(inactive_unit_fraction(acts, self.inactive_threshold))
             if "dormant" in self.measures:
                 per_layer["dormant"].append(dormant_ratio(acts, self.dormant_tau))
             if self.measures.intersection(_RANK_MEASURES):
@@ -510,7 +522,7 @@ class PlasticityProbe:
                 continue
             result.update({f"{name}/{i}": value for i, value in enumerate(values)})
             result[f"{name}/mean"] = sum(values) / len(values)
-            if name in ("dead_units", "dormant"):
+            if name in _POOLED_MEASURES:
                 weighted = sum(v * n for v, n in zip(values, units, strict=True))
                 result[f"{name}/all"] = weighted / sum(units)
         return result

@@ -38,6 +38,7 @@ def same(a: Any, b: Any, where: str = "state") -> None:
 
 LAYER_MEASURES = (
     "dead_units",
+    "inactive",
     "dormant",
     "effective_rank",
     "rank99",

@@ -21,6 +21,7 @@ from cbp_rl.metrics import (
     effective_rank,
     grad_norm,
     grad_norm_per_layer,
+    inactive_unit_fraction,
     mean_abs_weight,
     mean_abs_weight_per_layer,
     named_weights,
@@ -203,6 +204,7 @@ def _expected_unit_measures(hidden: list[Tensor], tau: float) -> dict[str, float
     expected: dict[str, float] = {}
     for i, acts in enumerate(hidden):
         expected[f"dead_units/{i}"] = dead_unit_fraction(acts)
+        expected[f"inactive/{i}"] = inactive_unit_fraction(acts, 0.01)
         expected[f"dormant/{i}"] = dormant_ratio(acts, tau)
         matrix = activation_matrix(acts)
         expected[f"effective_rank/{i}"] = effective_rank(matrix)
@@ -243,9 +245,11 @@ def test_probe_mlp_matches_hand_computation() -> None:
     assert expected["dead_units/0"] == pytest.approx(2 / 6)
     expected["dead_units/mean"] = (expected["dead_units/0"] + expected["dead_units/1"]) / 2
     expected["dead_units/all"] = (2 + 5 * expected["dead_units/1"]) / 11
-    for name in ("dormant", "effective_rank", "rank99", "stable_rank"):
+    assert expected["inactive/0"] >= 2 / 6  # the dead units are inactive too
+    for name in ("inactive", "dormant", "effective_rank", "rank99", "stable_rank"):
         expected[f"{name}/mean"] = (expected[f"{name}/0"] + expected[f"{name}/1"]) / 2
-    expected["dormant/all"] = (6 * expected["dormant/0"] + 5 * expected["dormant/1"]) / 11
+    for name in ("inactive", "dormant"):
+        expected[f"{name}/all"] = (6 * expected[f"{name}/0"] + 5 * expected[f"{name}/1"]) / 11
     weights = [net[0].weight, net[3].weight, net[5].weight]
     grads = [w.grad for w in weights if w.grad is not None]
     assert len(grads) == 3

@@ -398,7 +398,7 @@ preset = "cbp"
     written = {Path(line).name for line in capsys.readouterr().out.split()}
     assert {"return.png", "policy_dead_units.png", "policy_weight_magnitude.png"} <= written
     assert {"policy_effective_rank.png", "summary.csv", "summary.md"} <= written
-    assert {"policy_dormant.png", "policy_rank99.png", "value_rank99.png"} <= written
+    assert {"policy_inactive.png", "policy_dormant.png", "policy_rank99.png"} <= written
     # the paper's "stable rank": rank99 of the last hidden layer as a percentage of its 16 units
     run = plot.load_run(out / "runs" / "cbp-s0")
     logged = read_tags(out / "runs" / "cbp-s0")["plasticity/policy/rank99/1"][1]

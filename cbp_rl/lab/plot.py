@@ -291,12 +291,21 @@ RL_MEASURES: dict[str, tuple[str, float, Figure]] = {
         100.0,
         Figure("Dead units of the {net} network", "dead units (%)", STEPS),
     ),
+    "inactive": (
+        "all",
+        100.0,
+        Figure(
+            "Dormant units of the {net} network (the paper's: active on under 1% of inputs)",
+            "dormant units (%)",
+            STEPS,
+        ),
+    ),
     "dormant": (
         "all",
         100.0,
         Figure(
-            "Dormant units of the {net} network (ReDo ratio <= --dormant-tau)",
-            "dormant units (%)",
+            "ReDo-dormant units of the {net} network (ratio <= --dormant-tau)",
+            "ReDo-dormant units (%)",
             STEPS,
         ),
     ),
