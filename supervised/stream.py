@@ -9,7 +9,7 @@ exactly the stream of a single run with seed ``s``. A permuted image is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -36,12 +36,14 @@ def generators_for(seeds: Sequence[int], stream: str) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(stream_seed(s, stream)) for s in seeds]
 
 
-def generators_state(generators: Sequence[torch.Generator]) -> list[Tensor]:
+def generators_state(generators: Sequence[torch.Generator]) -> list[dict[str, Any]]:
     """The states of per-seed generators, for a checkpoint (:func:`load_generators`)."""
     return [torch_generator_state(g) for g in generators]
 
 
-def load_generators(generators: Sequence[torch.Generator], saved: Sequence[Tensor]) -> None:
+def load_generators(
+    generators: Sequence[torch.Generator], saved: Sequence[Mapping[str, Any]]
+) -> None:
     """Restore per-seed data generators from :func:`generators_state`, refusing another count."""
     if len(saved) != len(generators):
         raise ValueError(f"state has {len(saved)} data generators for {len(generators)} seeds")
