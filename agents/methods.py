@@ -20,7 +20,18 @@ from cbp_rl.agents.config import MethodSettings
 from cbp_rl.cbp import ContinualBackprop
 from cbp_rl.methods import ReDo, ShrinkAndPerturb
 
-__all__ = ["PlasticityMethods"]
+__all__ = ["PAPER_CBP", "PlasticityMethods"]
+
+PAPER_CBP = MethodSettings(
+    cbp=True,
+    replacement_rate=1e-4,
+    maturity_threshold=10_000,
+    decay_rate=0.99,
+    utility="contribution",
+    accumulate=False,
+)
+"""The paper's CBP for PPO and SAC (their ``cbp`` presets): replacement rate 1e-4, maturity 1e4
+updates, contribution utility, decay 0.99, probabilistic replacement."""
 
 
 class PlasticityMethods(nn.Module):

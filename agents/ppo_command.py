@@ -33,6 +33,7 @@ from cbp_rl.agents.config import (
     OptimizerSettings,
     RunSettings,
 )
+from cbp_rl.agents.methods import PAPER_CBP
 from cbp_rl.agents.normalization import ObservationNormalizer
 from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOConfig, PPOSettings
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
@@ -63,14 +64,7 @@ PRESETS: dict[str, PPOConfig] = {
         _PAPER,
         preset="cbp",
         optimizer=dataclasses.replace(_NS_ADAM, weight_decay=1e-4),
-        methods=MethodSettings(
-            cbp=True,
-            replacement_rate=1e-4,
-            maturity_threshold=10_000,
-            decay_rate=0.99,
-            utility="contribution",
-            accumulate=False,
-        ),
+        methods=PAPER_CBP,
     ),
     "cleanrl": PPOConfig(
         preset="cleanrl",

@@ -72,6 +72,7 @@ from cbp_rl.run.conventions import (
     refuse_finished,
     stop_exit_code,
 )
+from cbp_rl.run.lifecycle import refuse_held_run_dir
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
 from cbp_rl.run.rundir import check_run_dir_path, claim_run_dir, unresumable_message
 from cbp_rl.run.runtime import (
@@ -388,12 +389,7 @@ def _fresh_run_dir(algorithm: str, run: Any) -> Path:
         if (run_dir / name).exists()
     ]
     if taken or any(run_dir.glob("events.out.tfevents.*")):
-        if not CheckpointManager(run_dir).exists():
-            raise UsageError(unresumable_message(run_dir, command=algorithm))
-        raise UsageError(
-            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
-            "choose another directory"
-        )
+        refuse_held_run_dir(run_dir, command=algorithm)
     return run_dir
 
 

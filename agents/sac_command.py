@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cbp_rl.agents.cli import parse_config, rl_command, run_command
-from cbp_rl.agents.config import MethodSettings
+from cbp_rl.agents.methods import PAPER_CBP
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.agents.sac import SACAgent, SACConfig, SquashedGaussianActor
 from cbp_rl.envs.vector import EnvDescription
@@ -52,14 +52,7 @@ PRESETS: dict[str, SACConfig] = {
     "cbp": dataclasses.replace(
         _STANDARD,
         preset="cbp",
-        methods=MethodSettings(
-            cbp=True,
-            replacement_rate=1e-4,
-            maturity_threshold=10_000,
-            decay_rate=0.99,
-            utility="contribution",
-            accumulate=False,
-        ),
+        methods=PAPER_CBP,
     ),
 }
 """The presets by name; ``--preset NAME`` starts from one."""

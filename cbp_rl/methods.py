@@ -34,7 +34,19 @@ def _seed_or_draw(seed: int | None) -> int:
     return int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
 
 
-class ReDo(nn.Module):
+class _OwnGenerator(nn.Module):
+    """A module drawing from a generator of its own, ``_generator``, kept in its state dict."""
+
+    _generator: torch.Generator
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
+
+
+class ReDo(_OwnGenerator):
     """Recycling dormant units: periodic reinitialization of inactive hidden units.
 
     Call :meth:`step` after every optimizer step, as with :class:`ContinualBackprop`; every
@@ -87,12 +99,6 @@ class ReDo(nn.Module):
             "reinitialized", torch.zeros(len(self.hidden_layers), dtype=torch.int64)
         )
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
-
     @torch.no_grad()
     def step(self) -> int:
         """Count a step; on every ``period``-th, reinitialize dormant units. Returns how many."""
@@ -124,7 +130,7 @@ class ReDo(nn.Module):
         self._recorder.remove()
 
 
-class ShrinkAndPerturb(nn.Module):
+class ShrinkAndPerturb(_OwnGenerator):
     """After each optimizer step, ``w <- shrink * w + N(0, noise_std^2)`` for every parameter.
 
     The thesis's permuted-MNIST runs shrink through coupled weight decay in the optimizer and
@@ -163,12 +169,6 @@ class ShrinkAndPerturb(nn.Module):
         self.shrink = float(shrink)
         device = self._params[0].device
         self._generator = torch.Generator(device).manual_seed(_seed_or_draw(seed))
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
 
     @torch.no_grad()
     def step(self) -> None:

@@ -160,7 +160,41 @@ def _conv1x1(in_planes: int, out_planes: int, stride: int = 1, bias: bool = Fals
 NormFactory = Callable[[int], nn.Module]
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What torchvision's two blocks share: their arguments, ``downsample``
+    (``Sequential(conv1x1, norm)``) mapping the identity when the shape changes, and the end
+    ``relu(out + identity)``. Subclasses build their layers in :meth:`_build`, registered before
+    ``downsample`` as in torchvision."""
+
+    expansion: int = 1
+    relu: nn.ReLU
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norm_layer: NormFactory = nn.BatchNorm2d,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self._build(inplanes, planes, stride, norm_layer, bias)
+        self.downsample = downsample
+        self.stride = stride
+
+    def _build(
+        self, inplanes: int, planes: int, stride: int, norm_layer: NormFactory, bias: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def _add_identity(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
     """torchvision's ResNet basic block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``.
 
     ``self.relu`` is used twice, as in torchvision; ``downsample`` (``Sequential(conv1x1, norm)``)
@@ -169,48 +203,28 @@ class BasicBlock(nn.Module):
 
     expansion: int = 1
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        norm_layer: NormFactory = nn.BatchNorm2d,
-        bias: bool = False,
+    def _build(
+        self, inplanes: int, planes: int, stride: int, norm_layer: NormFactory, bias: bool
     ) -> None:
-        super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride, bias)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes, 1, bias)
         self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
+        return self._add_identity(self.bn2(self.conv2(out)), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """torchvision's bottleneck block: 1x1 reduce, 3x3 (strided), 1x1 expand (x4), plus identity."""
 
     expansion: int = 4
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        norm_layer: NormFactory = nn.BatchNorm2d,
-        bias: bool = False,
+    def _build(
+        self, inplanes: int, planes: int, stride: int, norm_layer: NormFactory, bias: bool
     ) -> None:
-        super().__init__()
         self.conv1 = _conv1x1(inplanes, planes, 1, bias)
         self.bn1 = norm_layer(planes)
         self.conv2 = _conv3x3(planes, planes, stride, bias)
@@ -218,15 +232,11 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv1x1(planes, planes * self.expansion, 1, bias)
         self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
+        return self._add_identity(self.bn3(self.conv3(out)), x)
 
 
 class ResNet(nn.Module):

@@ -64,6 +64,7 @@ from cbp_rl.supervised.conv_run import (
     RunOptions,
     RunSummary,
     TaskEpochRun,
+    check_conv_flags,
     command_main,
     parse_config,
     prepare,
@@ -172,18 +173,12 @@ class IncrementalCifarConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        if self.learner not in CIFAR_LEARNERS:
-            raise ValueError(
-                f"unknown learner {self.learner!r}; valid: {', '.join(CIFAR_LEARNERS)}"
-            )
         positive = (
             "first_classes", "classes_per_task", "total_classes", "epochs_per_task",
             "train_per_class", "validation_per_class", "batch_size", "eval_batch_size",
             "probe_examples",
         )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        check_conv_flags(self, CIFAR_LEARNERS, positive)
         if self.total_classes > CIFAR_CLASSES or self.first_classes > self.total_classes:
             raise ValueError(
                 f"need --first-classes <= --total-classes <= {CIFAR_CLASSES}, got "
@@ -193,10 +188,6 @@ class IncrementalCifarConfig:
             raise ValueError(
                 "--total-classes minus --first-classes must be a multiple of --classes-per-task"
             )
-        if self.seed < 0 or self.measure_every < 0:
-            raise ValueError("--seed and --measure-every must be >= 0")
-        if not 0 <= self.dormant_threshold <= 1:
-            raise ValueError("--dormant-threshold must be in [0, 1]")
         self.sgd()
         self.cbp.to_cbp_config()
 
@@ -476,9 +467,7 @@ class IncrementalCifarRun(TaskEpochRun):
             rank_layers=[self.num_features - 1],
             batch_size=self.config.eval_batch_size,
         )
-        for name, values in measures.items():
-            if name in self.results.arrays:
-                self.results.set(name, self.task, values)
+        self.record_measures(measures)
         self._log_measures(self.task)
 
     def _log_measures(self, task: int) -> None:
@@ -554,23 +543,11 @@ class IncrementalCifarRun(TaskEpochRun):
             "task/test_accuracy": float(test_accuracy),
             "task/validation_accuracy": float(self.best["accuracy"]),
         }
-        now = self.learner.replacements()
-        if now:
-            per_task = [a - b for a, b in zip(now, self.replaced_before, strict=True)]
-            arrays["replacements"][task] = per_task
+        per_task = self.record_replacements(self.replaced_before)
+        if per_task:
             values["task/replacements"] = float(sum(per_task))
-        else:
-            arrays["replacements"][task] = 0
         self.log(values, last_epoch + 1)
         self.best = None
-
-    def last_accuracy(self) -> float | None:
-        done = self.results.tasks_done
-        return float(self.results.arrays["task_test_accuracy"][done - 1]) if done else None
-
-    def accuracy_text(self) -> str:
-        _, correct, examples = self.totals
-        return f"{correct / examples:.3f}" if examples else "-"
 
     # ------------------------------------------------------------- checkpoints and logs
     def extra_state(self) -> dict[str, Any]:

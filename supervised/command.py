@@ -26,6 +26,7 @@ from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.conventions import UsageError, check_run_command, stop_exit_code
 from cbp_rl.run.logging import CONFIG_FILE
+from cbp_rl.run.runtime import torch_threads
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
 from cbp_rl.supervised.experiment import (
@@ -35,7 +36,6 @@ from cbp_rl.supervised.experiment import (
     PermutedMNISTRun,
     budget,
     prepare,
-    torch_threads,
     train,
 )
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
-from cbp_rl.run.conventions import finite_floats
+from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
@@ -253,17 +253,9 @@ class PermutedMNISTConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.learner not in LEARNER_NAMES:
-            raise ValueError(
-                f"unknown learner {self.learner!r}; valid learners are {', '.join(LEARNER_NAMES)}"
-            )
-        for name in ("seeds", "tasks", "examples_per_task", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        check_choice(self.learner, LEARNER_NAMES, what="learner")
+        check_at_least(self, ("seeds", "tasks", "examples_per_task", "batch_size"), 1)
+        check_at_least(self, ("seed",), 0)
         if self.examples_per_task % self.batch_size:
             raise ValueError(
                 f"--examples-per-task ({self.examples_per_task}) must be a multiple of "
@@ -271,11 +263,7 @@ class PermutedMNISTConfig:
             )
         if self.measures.measure_every < 0 or self.measures.probe_examples < 1:
             raise ValueError("--measure-every must be >= 0 and --probe-examples >= 1")
-        every = self.run.checkpoint_every
-        if every is not None and every < 0:
-            raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {every}")
-        if self.run.threads is not None and self.run.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.run.threads}")
+        check_run_flags(checkpoint_every=self.run.checkpoint_every, threads=self.run.threads)
         self.learner_spec()  # validates the learner's hyperparameters
 
     @property

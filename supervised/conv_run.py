@@ -29,39 +29,30 @@ from cbp_rl.run.checkpoint import (
     CheckpointManager,
     atomic_write,
     capture_rng_state,
-    check_compatible,
     numpy_generator_state,
     restore_numpy_generator,
     to_jsonable,
 )
 from cbp_rl.run.conventions import (
     COMMAND_KEY,
-    UsageError,
     check_finite_losses,
     check_finite_weights,
+    check_run_flags,
     finite_floats,
+    flag_name,
     refuse_finished,
     stop_exit_code,
 )
-from cbp_rl.run.logging import CONFIG_FILE, RunLogger, RunStatusWriter
-from cbp_rl.run.rundir import (
-    check_run_dir_path,
-    claim_run_dir,
-    claims_released,
-    unresumable_message,
-)
-from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.run.lifecycle import fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.logging import RunLogger, RunStatusWriter
+from cbp_rl.run.rundir import claims_released
+from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
 from cbp_rl.supervised.command import load_saved_config
 from cbp_rl.supervised.command import parse_config as _parse_config
 from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
 from cbp_rl.supervised.results import RESULTS_FILE
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
-Log = Callable[[str], None]
-
-
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @finite_floats
@@ -87,11 +78,7 @@ class RunOptions:
     """Show a progress bar of minibatch steps (on a terminal)."""
 
     def __post_init__(self) -> None:
-        every = self.checkpoint_every
-        if every is not None and every < 0:
-            raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {every}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        check_run_flags(checkpoint_every=self.checkpoint_every, threads=self.threads)
         if not DEVICE_NAME.fullmatch(self.device):
             raise ValueError(
                 f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
@@ -257,9 +244,6 @@ class TaskEpochRun(ABC):
     @abstractmethod
     def data_identity(self) -> dict[str, Any]: ...
 
-    @abstractmethod
-    def accuracy_text(self) -> str: ...
-
     # ------------------------------------------------------------- bookkeeping
     def steps_in_epoch(self, task: int) -> int:
         return -(-self.train_size(task) // self.batch_size())
@@ -307,7 +291,31 @@ class TaskEpochRun(ABC):
         )
 
     def last_accuracy(self) -> float | None:
-        return None
+        """The test accuracy of the last task done (``None`` before the first's end)."""
+        done = self.results.tasks_done
+        return float(self.results.arrays["task_test_accuracy"][done - 1]) if done else None
+
+    def accuracy_text(self) -> str:
+        """The running training accuracy of the epoch, for the progress bar."""
+        _, correct, examples = self.totals
+        return f"{correct / examples:.3f}" if examples else "-"
+
+    def record_measures(self, measures: dict[str, Any]) -> None:
+        """Keep the task-start ``measures`` that the results have arrays for."""
+        for name, values in measures.items():
+            if name in self.results.arrays:
+                self.results.set(name, self.task, values)
+
+    def record_replacements(self, before: list[int]) -> list[int]:
+        """Keep the units CBP replaced per layer since ``before`` (its counts at the task's
+        start) as this task's; returns them (``[]`` without CBP, and the task's row is 0)."""
+        now = self.learner.replacements()
+        if not now:
+            self.results.arrays["replacements"][self.task] = 0
+            return []
+        per_task = [a - b for a, b in zip(now, before, strict=True)]
+        self.results.arrays["replacements"][self.task] = per_task
+        return per_task
 
     # ------------------------------------------------------------- the loop
     def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
@@ -423,6 +431,20 @@ class RunSummary:
 RunT = TypeVar("RunT", bound=TaskEpochRun)
 
 
+def check_conv_flags(config: Any, learners: Sequence[str], positive: Sequence[str]) -> None:
+    """The checks the conv commands share: a known ``--learner``, the ``positive`` counts >= 1,
+    ``--seed`` and ``--measure-every`` >= 0, ``--dormant-threshold`` in [0, 1]."""
+    if config.learner not in learners:
+        raise ValueError(f"unknown learner {config.learner!r}; valid: {', '.join(learners)}")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{flag_name(name)} must be >= 1")
+    if config.seed < 0 or config.measure_every < 0:
+        raise ValueError("--seed and --measure-every must be >= 0")
+    if not 0 <= config.dormant_threshold <= 1:
+        raise ValueError("--dormant-threshold must be in [0, 1]")
+
+
 def prepare(
     config: Any,
     make: Callable[[Path], RunT],
@@ -439,21 +461,19 @@ def prepare(
     except RuntimeError as err:  # CUDA asked for but absent: bad input, not a crash
         raise ValueError(str(err)) from None
     if config.run.resume is None:
-        experiment = make(_fresh_run_dir(config, command, label))
+        experiment = make(fresh_run_dir(config.run.run_dir, command=command, label=label))
         experiment.open_logs()
         return experiment
-    run_dir = Path(config.run.resume)
-    if not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: no such run directory")
-    claim_run_dir(run_dir, command=command, flag="--resume")
-    manager = CheckpointManager(run_dir)
-    if not manager.exists():
-        raise UsageError(unresumable_message(run_dir, command=command))
-    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
-    assert state is not None
-    check_compatible(state["config"], to_jsonable(config), ignore=resumable, path=manager.path)
+    resumed = open_resumed(
+        config.run.resume,
+        command=command,
+        saved_config=to_jsonable(config),
+        resumable=resumable,
+        fallback=config.run.resume_fallback,
+    )
+    run_dir, state = resumed.run_dir, resumed.state
     experiment = make(run_dir)
-    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
+    experiment.checkpoints = resumed.checkpoints  # it remembers a latest one found unreadable
     position = experiment.restore(state)
     refuse_finished(
         run_dir,
@@ -471,53 +491,24 @@ def prepare(
     return experiment
 
 
-def _fresh_run_dir(config: Any, command: str, label: str) -> Path:
-    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
-    if config.run.run_dir is None:
-        root = check_run_dir_path(Path("runs") / command, flag="--run-dir")
-        run_dir = new_run_dir(root, label)
-    else:
-        run_dir = Path(config.run.run_dir)
-    claim_run_dir(run_dir, command=command)
-    if (run_dir / CONFIG_FILE).exists():
-        if not CheckpointManager(run_dir).exists():
-            raise UsageError(unresumable_message(run_dir, command=command))
-        raise UsageError(
-            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
-            "choose another directory"
-        )
-    return run_dir
-
-
 def run_loop(
     experiment: TaskEpochRun, *, stop_at_steps: int | None = None, desc: str = ""
 ) -> RunSummary:
     """Train a prepared run to its end (or ``stop_at_steps`` minibatches, or a signal); saves a
     checkpoint when it stops and always leaves ``results.npz`` current."""
     config = experiment.config
-    threads = torch.get_num_threads()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
     total = experiment.total_steps()
     limit = total if stop_at_steps is None else min(total, stop_at_steps)
-    try:
-        with (
-            GracefulStop() as stop,
-            Progress(
-                total, initial=experiment.steps_done, enabled=config.run.progress, desc=desc
-            ) as progress,
-        ):
-            experiment.train_until(limit, stop, progress)
-            stopped = experiment.task < experiment.num_tasks()
-            if experiment.checkpoints.last_step != experiment.steps_done:
-                experiment.save_checkpoint()
-            stopped_by = stop.signal
-            name = None if stopped_by is None else stopped_by.name
-            experiment.report_status(force=True, stopped_by=name)
-        experiment.results.save(experiment.run_dir)
-    finally:
-        experiment.close()
-        torch.set_num_threads(threads)
+    with torch_threads(config.run.threads):
+        stopped_by = train_to_limit(
+            experiment,
+            done=lambda: experiment.steps_done,
+            total=total,
+            limit=limit,
+            progress=config.run.progress,
+            desc=desc,
+        )
+    stopped = experiment.task < experiment.num_tasks()
     done = experiment.results.tasks_done
     if stopped:
         stderr_log(
@@ -576,6 +567,7 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "TaskEpochRun",
+    "check_conv_flags",
     "command_main",
     "load_conv_results",
     "parse_config",

@@ -17,11 +17,8 @@ TensorBoard steps are task numbers (1 = the first task). Tags: ``task/accuracy``
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
-import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,25 +30,19 @@ from cbp_rl.run.checkpoint import (
     CheckpointError,
     CheckpointManager,
     capture_rng_state,
-    check_compatible,
     to_jsonable,
 )
 from cbp_rl.run.conventions import (
     COMMAND_KEY,
-    UsageError,
     check_finite_losses,
     check_finite_weights,
     check_memory,
     refuse_finished,
 )
-from cbp_rl.run.logging import CONFIG_FILE, RunStatusWriter
-from cbp_rl.run.rundir import (
-    check_run_dir_path,
-    claim_run_dir,
-    claims_released,
-    unresumable_message,
-)
-from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.logging import RunStatusWriter
+from cbp_rl.run.rundir import claims_released
+from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
@@ -78,12 +69,6 @@ CHUNK_STEPS = 256
 resumed run feeds the engine tensors of the same layout)."""
 PROBE_BYTES = 256 * 2**20
 """Memory budget of one group of seeds in the task-start probe."""
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -206,17 +191,15 @@ class PermutedMNISTRun:
 
     def check_finite(self, losses: np.ndarray | None = None) -> None:
         """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight of any seed."""
-        where, last = str(self.run_dir), self.checkpoints.last_step
-        step = self.examples_done
-        if losses is not None:
-            seeds = self.config.seed_list
-            values = {f"task/loss, seed {s}": float(x) for s, x in zip(seeds, losses, strict=True)}
-            check_finite_losses(values, step=step, last_checkpoint=last, where=where)
-        tensors = {
-            f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
-            for i, t in enumerate(self.engine.parameters())
-        }
-        check_finite_weights(tensors, step=step, last_checkpoint=last, where=where)
+        check_finite_seeds(
+            self.engine,
+            self.config.seed_list,
+            losses,
+            tag="task/loss",
+            step=self.examples_done,
+            last_checkpoint=self.checkpoints.last_step,
+            where=str(self.run_dir),
+        )
 
     def finish_task(self) -> None:
         correct, loss_sum, examples = self.engine.take_totals()
@@ -355,7 +338,7 @@ class PermutedMNISTRun:
         return positions
 
 
-def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun:
+def prepare(config: PermutedMNISTConfig, log: Log = stderr_log) -> PermutedMNISTRun:
     """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
     run's checkpoint, load the data and build (or restore) the run and its logs."""
     check_memory(
@@ -364,23 +347,20 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
         fix="choose a smaller --width or fewer --seeds",
     )
     if config.run.resume is None:
-        run_dir = _fresh_run_dir(config)
+        run_dir = fresh_run_dir(config.run.run_dir, command=COMMAND_NAME, label=config.label())
         images = _load_images(config, log)
         experiment = PermutedMNISTRun(config, images, run_dir)
         experiment.open_logs()
         return experiment
-    run_dir = Path(config.run.resume)
-    if not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: no such run directory")
-    claim_run_dir(run_dir, command=COMMAND_NAME, flag="--resume")
-    manager = CheckpointManager(run_dir, every=config.checkpoint_interval)
-    if not manager.exists():
-        raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
-    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
-    assert state is not None
-    check_compatible(
-        state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
+    resumed = open_resumed(
+        config.run.resume,
+        command=COMMAND_NAME,
+        saved_config=to_jsonable(config),
+        resumable=RESUMABLE_CHANGES,
+        every=config.checkpoint_interval,
+        fallback=config.run.resume_fallback,
     )
+    run_dir, manager, state = resumed.run_dir, resumed.checkpoints, resumed.state
     total, done = budget(config), int(state["step"])
     if total < done:
         raise ValueError(
@@ -398,24 +378,6 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
         f"{experiment.position:,} of {config.examples_per_task:,}"
     )
     return experiment
-
-
-def _fresh_run_dir(config: PermutedMNISTConfig) -> Path:
-    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
-    if config.run.run_dir is None:
-        root = check_run_dir_path(Path("runs") / COMMAND_NAME, flag="--run-dir")
-        run_dir = new_run_dir(root, config.label())
-    else:
-        run_dir = Path(config.run.run_dir)
-    claim_run_dir(run_dir, command=COMMAND_NAME)
-    if (run_dir / CONFIG_FILE).exists():
-        if not CheckpointManager(run_dir).exists():
-            raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
-        raise UsageError(
-            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
-            "choose another directory"
-        )
-    return run_dir
 
 
 def _load_images(config: PermutedMNISTConfig, log: Log) -> ImageSet:
@@ -440,11 +402,33 @@ def estimated_memory(config: PermutedMNISTConfig) -> int:
     return config.seeds * 4 * (4 * weights + 2 * chunk) + 4 * min(probe, PROBE_BYTES)
 
 
+def check_finite_seeds(
+    engine: BatchedLearner,
+    seeds: list[int],
+    losses: np.ndarray | None,
+    *,
+    tag: str,
+    step: int,
+    last_checkpoint: int | None,
+    where: str,
+) -> None:
+    """Stop a many-seed run (``NonFiniteError``) on a non-finite ``losses`` value (one per seed,
+    named ``TAG, seed S``; ``None``: none to check) or a non-finite weight of the ``engine``."""
+    if losses is not None:
+        values = {f"{tag}, seed {s}": float(x) for s, x in zip(seeds, losses, strict=True)}
+        check_finite_losses(values, step=step, last_checkpoint=last_checkpoint, where=where)
+    tensors = {
+        f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
+        for i, t in enumerate(engine.parameters())
+    }
+    check_finite_weights(tensors, step=step, last_checkpoint=last_checkpoint, where=where)
+
+
 def run(
     config: PermutedMNISTConfig,
     *,
     stop_at_examples: int | None = None,
-    log: Log = _stderr,
+    log: Log = stderr_log,
 ) -> RunSummary:
     """Train (or resume) a run; returns where it ended (:func:`prepare`, then :func:`train`).
 
@@ -457,20 +441,8 @@ def run(
         return train(prepare(config, log), stop_at_examples=stop_at_examples, log=log)
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads (``None``: unchanged)."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train(
-    experiment: PermutedMNISTRun, *, stop_at_examples: int | None = None, log: Log = _stderr
+    experiment: PermutedMNISTRun, *, stop_at_examples: int | None = None, log: Log = stderr_log
 ) -> RunSummary:
     """Run a prepared experiment to its end, a stop signal or ``stop_at_examples``.
 
@@ -480,25 +452,16 @@ def train(
     config = experiment.config
     total = budget(config)
     limit = total if stop_at_examples is None else min(total, stop_at_examples)
-    try:
-        with (
-            GracefulStop() as stop,
-            Progress(
-                total,
-                initial=experiment.examples_done,
-                enabled=config.run.progress,
-                desc=f"pmnist {config.learner}",
-            ) as progress,
-        ):
-            experiment.train_until(limit, stop, progress)
-            stopped = experiment.task < config.tasks
-            if experiment.checkpoints.last_step != experiment.examples_done:
-                experiment.save_checkpoint()
-            signal_name = None if stop.signal is None else stop.signal.name
-            experiment.report_status(force=True, stopped_by=signal_name)
-        experiment.results.save(experiment.run_dir)
-    finally:
-        experiment.close()
+    stopped_by = train_to_limit(
+        experiment,
+        done=lambda: experiment.examples_done,
+        total=total,
+        limit=limit,
+        progress=config.run.progress,
+        desc=f"pmnist {config.learner}",
+    )
+    stopped = experiment.task < config.tasks
+    signal_name = None if stopped_by is None else stopped_by.name
     done = experiment.results.tasks_done
     accuracy = experiment.results.arrays["accuracy"][:, :done]
     if stopped:
@@ -510,7 +473,15 @@ def train(
     else:
         last = accuracy[:, -1].mean() if done else math.nan
         log(f"done: {done} tasks in {experiment.run_dir} (last task accuracy {last:.4f})")
-    return RunSummary(experiment.run_dir, done, stopped, accuracy, stop.signal)
+    return RunSummary(experiment.run_dir, done, stopped, accuracy, stopped_by)
 
 
-__all__ = ["PermutedMNISTRun", "RunSummary", "estimated_memory", "prepare", "run", "train"]
+__all__ = [
+    "PermutedMNISTRun",
+    "RunSummary",
+    "check_finite_seeds",
+    "estimated_memory",
+    "prepare",
+    "run",
+    "train",
+]

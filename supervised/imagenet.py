@@ -57,6 +57,7 @@ from cbp_rl.supervised.conv_run import (
     RunOptions,
     RunSummary,
     TaskEpochRun,
+    check_conv_flags,
     command_main,
     parse_config,
     prepare,
@@ -154,17 +155,10 @@ class ContinualImageNetConfig:
     run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        if self.learner not in IMAGENET_LEARNERS:
-            raise ValueError(
-                f"unknown learner {self.learner!r}; valid: {', '.join(IMAGENET_LEARNERS)}"
-            )
-        for name in ("tasks", "classes_per_task", "epochs", "batch_size", "probe_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        positive = ("tasks", "classes_per_task", "epochs", "batch_size", "probe_examples")
+        check_conv_flags(self, IMAGENET_LEARNERS, positive)
         if self.classes_per_task < 2:
             raise ValueError("--classes-per-task must be >= 2 (a task is a classification)")
-        if self.seed < 0 or self.measure_every < 0:
-            raise ValueError("--seed and --measure-every must be >= 0")
         if not 1 <= self.train_per_class <= TRAIN_IMAGES_PER_CLASS:
             raise ValueError(f"--train-per-class must be in 1..{TRAIN_IMAGES_PER_CLASS}")
         if not 1 <= self.test_per_class <= IMAGES_PER_CLASS - TRAIN_IMAGES_PER_CLASS:
@@ -173,8 +167,6 @@ class ContinualImageNetConfig:
             )
         if not self.pixel_scale > 0:
             raise ValueError(f"--pixel-scale must be > 0, got {self.pixel_scale}")
-        if not 0 <= self.dormant_threshold <= 1:
-            raise ValueError("--dormant-threshold must be in [0, 1]")
         self.sgd()
         if self.learner == "cbp":
             self.cbp.to_cbp_config()
@@ -333,9 +325,7 @@ class ContinualImageNetRun(TaskEpochRun):
             weights,
             dormant_threshold=self.config.dormant_threshold,
         )
-        for name, values in measures.items():
-            if name in self.results.arrays:
-                self.results.set(name, self.task, values)
+        self.record_measures(measures)
         self._log_measures(self.task)
 
     def _log_measures(self, task: int) -> None:
@@ -380,22 +370,9 @@ class ContinualImageNetRun(TaskEpochRun):
             "task/train_loss": float(arrays["train_loss"][task, -1]),
             "task/test_loss": float(arrays["test_loss"][task, -1]),
         }
-        if self.learner.continual is not None:
-            now = self.learner.replacements()
-            per_task = [a - b for a, b in zip(now, self.replaced_before, strict=True)]
-            arrays["replacements"][task] = per_task
-            values.update({f"task/replacements/{i}": float(n) for i, n in enumerate(per_task)})
-        else:
-            arrays["replacements"][task] = 0
+        per_task = self.record_replacements(self.replaced_before)
+        values.update({f"task/replacements/{i}": float(n) for i, n in enumerate(per_task)})
         self.log(values, task + 1)
-
-    def last_accuracy(self) -> float | None:
-        done = self.results.tasks_done
-        return float(self.results.arrays["task_test_accuracy"][done - 1]) if done else None
-
-    def accuracy_text(self) -> str:
-        _, correct, examples = self.totals
-        return f"{correct / examples:.3f}" if examples else "-"
 
     # ------------------------------------------------------------- checkpoints and logs
     def extra_state(self) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from pathlib import Path
 from cbp_rl.run import conventions
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.conventions import stop_exit_code
+from cbp_rl.run.runtime import torch_threads
 from cbp_rl.supervised.command import load_saved_config, parse_config
-from cbp_rl.supervised.experiment import torch_threads
 from cbp_rl.supervised.regression_config import RegressionConfig
 from cbp_rl.supervised.regression_run import NAME, RegressionRun, prepare, train
 

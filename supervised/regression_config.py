@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
-from cbp_rl.run.conventions import finite_floats
+from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec
 from cbp_rl.supervised.regression_problem import ProblemSpec
 
@@ -76,11 +76,7 @@ class LearnerNetworkConfig:
     def __post_init__(self) -> None:
         if self.hidden_units < 1:
             raise ValueError(f"--hidden-units must be >= 1, got {self.hidden_units}")
-        if self.activation not in ACTIVATION_NAMES:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; valid activations are "
-                f"{', '.join(ACTIVATION_NAMES)}"
-            )
+        check_choice(self.activation, ACTIVATION_NAMES, what="activation")
 
 
 @finite_floats
@@ -199,30 +195,16 @@ class RegressionConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.learner not in LEARNER_NAMES:
-            raise ValueError(
-                f"unknown learner {self.learner!r}; valid learners are {', '.join(LEARNER_NAMES)}"
-            )
-        for name in ("seeds", "examples", "bin_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        check_choice(self.learner, LEARNER_NAMES, what="learner")
+        check_at_least(self, ("seeds", "examples", "bin_size"), 1)
+        check_at_least(self, ("seed",), 0)
         if self.examples % self.bin_size:
             raise ValueError(
                 f"--examples ({self.examples}) must be a multiple of --bin-size ({self.bin_size})"
             )
         if self.measures.probe_examples < 1:
             raise ValueError(f"--probe-examples must be >= 1, got {self.measures.probe_examples}")
-        if self.run.checkpoint_every < 0:
-            raise ValueError(
-                f"--checkpoint-every must be >= 0 (0: only at the end), got "
-                f"{self.run.checkpoint_every}"
-            )
-        if self.run.threads is not None and self.run.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.run.threads}")
+        check_run_flags(checkpoint_every=self.run.checkpoint_every, threads=self.run.threads)
         if self.learner == "cbp" and self.linear:
             raise ValueError(
                 "--learner cbp needs hidden units to replace: --activation linear has none; "

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
-from cbp_rl.supervised.stream import generators_for
+from cbp_rl.supervised.stream import generators_for, generators_state, load_generators
 
 
 @dataclass(frozen=True)
@@ -152,17 +151,13 @@ class SlowlyChangingInputs:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "generators": [torch_generator_state(g) for g in self._generators],
+            "generators": generators_state(self._generators),
             "slow_bits": self.slow_bits.clone(),
             "position": self.position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state["generators"]
-        if len(saved) != len(self._generators):
-            raise ValueError(f"state has {len(saved)} data generators for {len(self.seeds)} seeds")
-        for generator, generator_state in zip(self._generators, saved, strict=True):
-            restore_torch_generator(generator, generator_state)
+        load_generators(self._generators, state["generators"])
         self.slow_bits.copy_(state["slow_bits"])
         self.position = int(state["position"])
 

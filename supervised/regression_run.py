@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,28 +28,20 @@ import numpy as np
 from cbp_rl.run.checkpoint import (
     CheckpointManager,
     capture_rng_state,
-    check_compatible,
     restore_torch_generator,
     to_jsonable,
     torch_generator_state,
 )
 from cbp_rl.run.conventions import (
     COMMAND_KEY,
-    UsageError,
-    check_finite_losses,
-    check_finite_weights,
     refuse_finished,
 )
-from cbp_rl.run.logging import CONFIG_FILE, RunStatusWriter
-from cbp_rl.run.rundir import (
-    check_run_dir_path,
-    claim_run_dir,
-    claims_released,
-    unresumable_message,
-)
-from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.logging import RunStatusWriter
+from cbp_rl.run.rundir import claims_released
+from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
 from cbp_rl.supervised.engine import BatchedLearner
-from cbp_rl.supervised.experiment import torch_threads
+from cbp_rl.supervised.experiment import check_finite_seeds
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.regression_config import RESUMABLE_CHANGES, RegressionConfig
 from cbp_rl.supervised.regression_problem import SlowlyChangingInputs, TargetNetwork
@@ -63,12 +53,6 @@ NAME = "regression"
 CHUNK = 1000
 """Examples drawn and trained at once; chunks start at fixed offsets in each bin, and stops
 and checkpoints fall between chunks, so a resumed run computes the same floats."""
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def config_json(config: RegressionConfig) -> dict[str, Any]:
@@ -222,17 +206,15 @@ class RegressionRun:
 
     def check_finite(self, errors: np.ndarray | None = None) -> None:
         """Stop (``NonFiniteError``, nothing saved) on a non-finite error or weight of any seed."""
-        where, last = str(self.run_dir), self.checkpoints.last_step
-        step = self.examples_done
-        if errors is not None:
-            seeds = self.config.seed_list
-            values = {f"bin/error, seed {s}": float(x) for s, x in zip(seeds, errors, strict=True)}
-            check_finite_losses(values, step=step, last_checkpoint=last, where=where)
-        tensors = {
-            f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
-            for i, t in enumerate(self.engine.parameters())
-        }
-        check_finite_weights(tensors, step=step, last_checkpoint=last, where=where)
+        check_finite_seeds(
+            self.engine,
+            self.config.seed_list,
+            errors,
+            tag="bin/error",
+            step=self.examples_done,
+            last_checkpoint=self.checkpoints.last_step,
+            where=str(self.run_dir),
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
@@ -265,25 +247,24 @@ class RegressionRun:
         return positions
 
 
-def prepare(config: RegressionConfig, log: Log = _stderr) -> RegressionRun:
+def prepare(config: RegressionConfig, log: Log = stderr_log) -> RegressionRun:
     """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
     run's checkpoint and build (or restore) the run and its logs."""
     if config.run.resume is None:
-        experiment = RegressionRun(config, _fresh_run_dir(config))
+        experiment = RegressionRun(
+            config, fresh_run_dir(config.run.run_dir, command=NAME, label=config.label())
+        )
         experiment.open_logs()
         return experiment
-    run_dir = Path(config.run.resume)
-    if not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: no such run directory")
-    claim_run_dir(run_dir, command=NAME, flag="--resume")
-    manager = CheckpointManager(run_dir, every=config.run.checkpoint_every)
-    if not manager.exists():
-        raise UsageError(unresumable_message(run_dir, command=NAME))
-    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
-    assert state is not None
-    check_compatible(
-        state["config"], config_json(config), ignore=RESUMABLE_CHANGES, path=manager.path
+    resumed = open_resumed(
+        config.run.resume,
+        command=NAME,
+        saved_config=config_json(config),
+        resumable=RESUMABLE_CHANGES,
+        every=config.run.checkpoint_every,
+        fallback=config.run.resume_fallback,
     )
+    run_dir, manager, state = resumed.run_dir, resumed.checkpoints, resumed.state
     done = int(state["step"])
     if config.examples < done:
         raise ValueError(
@@ -300,29 +281,11 @@ def prepare(config: RegressionConfig, log: Log = _stderr) -> RegressionRun:
     return experiment
 
 
-def _fresh_run_dir(config: RegressionConfig) -> Path:
-    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
-    if config.run.run_dir is None:
-        root = check_run_dir_path(Path("runs") / NAME, flag="--run-dir")
-        run_dir = new_run_dir(root, config.label())
-    else:
-        run_dir = Path(config.run.run_dir)
-    claim_run_dir(run_dir, command=NAME)
-    if (run_dir / CONFIG_FILE).exists():
-        if not CheckpointManager(run_dir).exists():
-            raise UsageError(unresumable_message(run_dir, command=NAME))
-        raise UsageError(
-            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
-            "choose another directory"
-        )
-    return run_dir
-
-
 def run(
     config: RegressionConfig,
     *,
     stop_at_examples: int | None = None,
-    log: Log = _stderr,
+    log: Log = stderr_log,
 ) -> RunSummary:
     """Train (or resume) a run; returns where it ended (:func:`prepare`, then :func:`train`).
 
@@ -335,7 +298,7 @@ def run(
 
 
 def train(
-    experiment: RegressionRun, *, stop_at_examples: int | None = None, log: Log = _stderr
+    experiment: RegressionRun, *, stop_at_examples: int | None = None, log: Log = stderr_log
 ) -> RunSummary:
     """Train a prepared run to its end (or ``stop_at_examples``, or a signal).
 
@@ -344,26 +307,15 @@ def train(
     """
     config = experiment.config
     limit = config.examples if stop_at_examples is None else min(config.examples, stop_at_examples)
-    try:
-        with (
-            GracefulStop() as stop,
-            Progress(
-                config.examples,
-                initial=experiment.examples_done,
-                enabled=config.run.progress,
-                desc=f"regression {config.label()}",
-            ) as progress,
-        ):
-            experiment.train_until(limit, stop, progress)
-            stopped = experiment.examples_done < config.examples
-            if experiment.checkpoints.last_step != experiment.examples_done:
-                experiment.save_checkpoint()
-            stopped_by = stop.signal
-            signal_name = None if stopped_by is None else stopped_by.name
-            experiment.report_status(force=True, stopped_by=signal_name)
-        experiment.results.save(experiment.run_dir)
-    finally:
-        experiment.close()
+    stopped_by = train_to_limit(
+        experiment,
+        done=lambda: experiment.examples_done,
+        total=config.examples,
+        limit=limit,
+        progress=config.run.progress,
+        desc=f"regression {config.label()}",
+    )
+    stopped = experiment.examples_done < config.examples
     done = experiment.results.bins_done
     errors = experiment.results.arrays["errors"][:, :done]
     if stopped:

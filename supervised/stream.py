@@ -9,7 +9,7 @@ exactly the stream of a single run with seed ``s``. A permuted image is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +34,21 @@ def stream_seed(seed: int, stream: str) -> int:
 def generators_for(seeds: Sequence[int], stream: str) -> list[torch.Generator]:
     """One CPU generator per seed for ``stream``."""
     return [torch.Generator().manual_seed(stream_seed(s, stream)) for s in seeds]
+
+
+def generators_state(generators: Sequence[torch.Generator]) -> list[dict[str, Any]]:
+    """The states of per-seed generators, for a checkpoint (:func:`load_generators`)."""
+    return [torch_generator_state(g) for g in generators]
+
+
+def load_generators(
+    generators: Sequence[torch.Generator], saved: Sequence[Mapping[str, Any]]
+) -> None:
+    """Restore per-seed data generators from :func:`generators_state`, refusing another count."""
+    if len(saved) != len(generators):
+        raise ValueError(f"state has {len(saved)} data generators for {len(generators)} seeds")
+    for generator, generator_state in zip(generators, saved, strict=True):
+        restore_torch_generator(generator, generator_state)
 
 
 class TaskPlan(NamedTuple):
@@ -99,14 +114,18 @@ class PermutedTasks:
         return torch.gather(inputs, 2, permutation), self.labels[index]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generators": [torch_generator_state(g) for g in self._generators]}
+        return {"generators": generators_state(self._generators)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state["generators"]
-        if len(saved) != len(self._generators):
-            raise ValueError(f"state has {len(saved)} data generators for {len(self.seeds)} seeds")
-        for generator, generator_state in zip(self._generators, saved, strict=True):
-            restore_torch_generator(generator, generator_state)
+        load_generators(self._generators, state["generators"])
 
 
-__all__ = ["STREAMS", "PermutedTasks", "TaskPlan", "generators_for", "stream_seed"]
+__all__ = [
+    "STREAMS",
+    "PermutedTasks",
+    "TaskPlan",
+    "generators_for",
+    "generators_state",
+    "load_generators",
+    "stream_seed",
+]

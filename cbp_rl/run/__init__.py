@@ -8,6 +8,8 @@
   to the main process and die with it, seeding, devices, progress, new run directories.
 - :mod:`cbp_rl.run.rundir`: a run directory checked (a writable directory) and locked for as long
   as a command writes it; the lock handed from a sweep to its runs.
+- :mod:`cbp_rl.run.lifecycle`: a run directory claimed fresh or reopened from its checkpoint to
+  resume, and the loop that trains a run to its limit or a stop and leaves it resumable.
 - :mod:`cbp_rl.run.conventions`: the conventions of every command: exit codes (0, 2 bad input,
   3 diverged, 130/143 stopped by a signal), refusals naming the command, float flags checked for
   finiteness and range, the stop on a non-finite loss or weight, the memory check up front.

@@ -52,7 +52,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,11 +72,14 @@ __all__ = [
     "NonFiniteError",
     "UsageError",
     "available_memory",
+    "check_at_least",
+    "check_choice",
     "check_finite_losses",
     "check_finite_weights",
     "check_float_fields",
     "check_memory",
     "check_run_command",
+    "check_run_flags",
     "command_of",
     "finite_floats",
     "flag_name",
@@ -220,6 +223,30 @@ def refuse_finished(run_dir: Path, *, done: int, total: int, command: str, flag:
 def flag_name(field_name: str) -> str:
     """The command-line flag of a config field: ``init_log_std`` -> ``--init-log-std``."""
     return "--" + field_name.replace("_", "-")
+
+
+def check_choice(value: str, choices: Sequence[str], *, what: str) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid {what}s are {', '.join(choices)}")
+
+
+def check_at_least(config: Any, names: Iterable[str], minimum: int) -> None:
+    """Refuse a field of ``config`` (one of ``names``) below ``minimum``, naming its flag."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{flag_name(name)} must be >= {minimum}, got {value}")
+
+
+def check_run_flags(*, checkpoint_every: int | None, threads: int | None) -> None:
+    """Refuse a negative ``--checkpoint-every`` or a ``--threads`` below 1 (``None``: defaults)."""
+    if checkpoint_every is not None and checkpoint_every < 0:
+        raise ValueError(
+            f"--checkpoint-every must be >= 0 (0: only at the end), got {checkpoint_every}"
+        )
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
 
 
 def finite_floats(cls: type[C]) -> type[C]:

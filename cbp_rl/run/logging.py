@@ -37,12 +37,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, SupportsFloat
 
 import numpy as np
 
 from cbp_rl.run.checkpoint import CheckpointError, StrPath, atomic_write, to_jsonable
+from cbp_rl.run.runtime import ClosedOnExit
 
 __all__ = [
     "RunLogger",
@@ -83,7 +83,7 @@ def read_config(run_dir: StrPath) -> dict[str, Any]:
     return config
 
 
-class RunLogger:
+class RunLogger(ClosedOnExit):
     """Logs of one run: ``config.json``, TensorBoard event files and ``episodes.csv``.
 
     Args:
@@ -220,17 +220,6 @@ class RunLogger:
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
         return self._closed
-
-    def __enter__(self) -> RunLogger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _check_open(self) -> None:
         if self._closed:

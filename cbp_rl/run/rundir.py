@@ -40,7 +40,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from cbp_rl.run.runtime import ClosedOnExit
 
 __all__ = [
     "INHERITED_LOCK_ENV",
@@ -167,7 +168,7 @@ def _inherited_lock(path: Path) -> int | None:
     return fd
 
 
-class RunLock:
+class RunLock(ClosedOnExit):
     """The lock of one run directory (see the module docstring).
 
     Args:
@@ -208,16 +209,12 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
+    def close(self) -> None:
+        """:meth:`release`, as leaving a ``with`` block does."""
+        self.release()
+
     def __enter__(self) -> RunLock:
         return self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 # --------------------------------------------------------------------------- claiming

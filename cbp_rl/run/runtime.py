@@ -15,12 +15,13 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 __all__ = [
+    "ClosedOnExit",
     "GracefulStop",
     "Progress",
     "cpu_count",
@@ -29,13 +30,34 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "signals_blocked",
+    "torch_threads",
     "worker_process_setup",
 ]
 
+_Self = TypeVar("_Self", bound="ClosedOnExit")
 _Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL/SIG_IGN, or None
 
 
-class GracefulStop:
+class ClosedOnExit:
+    """A context manager that gives itself to ``with`` and is closed when the block ends, however
+    it ends: subclasses define :meth:`close`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class GracefulStop(ClosedOnExit):
     """Turn SIGINT and SIGTERM into a request to stop at the next safe point.
 
     Inside the ``with`` block the first SIGINT or SIGTERM sets ``requested`` (and ``signal``)
@@ -72,20 +94,13 @@ class GracefulStop:
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main interpreter's main thread
-            self._restore()
+            self.close()
             return self
         self.active = True
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
+    def close(self) -> None:
+        """Put the previous handlers back (what leaving the ``with`` block does)."""
         for sig, previous in self._previous.items():
             # None: the handler was not installed from Python; the default is the best guess.
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
@@ -165,6 +180,18 @@ def cpu_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None`` or 0: unchanged)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -210,7 +237,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class Progress:
+class Progress(ClosedOnExit):
     """A progress bar of steps: done/total, steps/s, ETA and a postfix (e.g. the latest return).
 
     A thin wrapper around ``tqdm`` on stderr. It draws nothing (and costs next to nothing) when
@@ -262,17 +289,6 @@ class Progress:
     def close(self) -> None:
         """Close the bar (leaves the last state on screen); closing twice is fine."""
         self._bar.close()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def new_run_dir(base: str | os.PathLike[str], name: str) -> Path:
