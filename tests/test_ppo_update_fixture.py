@@ -32,15 +32,17 @@ SMALL = [
     "--no-progress",
 ]  # fmt: skip
 
+CLEANRL = [
+    "--preset", "cleanrl",
+    "--max-grad-norm", "0.5",
+    "--entropy-coef", "0.01",
+    "--advantage-norm", "minibatch",
+    "--clip-value-loss",
+]  # fmt: skip
+
 RUNS = {
     "cbp": ["--cbp", "--maturity-threshold", "10", "--replacement-rate", "0.01"],
-    "cleanrl": [
-        "--preset", "cleanrl",
-        "--max-grad-norm", "0.5",
-        "--entropy-coef", "0.01",
-        "--advantage-norm", "minibatch",
-        "--clip-value-loss",
-    ],  # fmt: skip
+    "cleanrl": CLEANRL,
 }
 
 DIGESTS = {
