@@ -18,6 +18,7 @@ __all__ = [
     "build_optimizer",
     "gaussian_entropy",
     "gaussian_log_prob",
+    "gaussian_log_prob_of_squares",
     "replacement_init",
 ]
 
@@ -28,7 +29,12 @@ def gaussian_log_prob(noise: Tensor, log_std: Tensor) -> Tensor:
     """``log N(mean + exp(log_std) * noise; mean, exp(log_std)^2)`` summed over the last
     (action) dimension: the density from the standardized sample ``noise = (a - mean) / std``,
     as both policies draw their actions."""
-    return -(0.5 * noise.square() + log_std + _LOG_SQRT_2PI).sum(-1)
+    return gaussian_log_prob_of_squares(noise.square(), log_std)
+
+
+def gaussian_log_prob_of_squares(squared_noise: Tensor, log_std: Tensor) -> Tensor:
+    """:func:`gaussian_log_prob` from ``noise.square()``, for callers that need the squares too."""
+    return -(0.5 * squared_noise + log_std + _LOG_SQRT_2PI).sum(-1)
 
 
 def gaussian_entropy(log_std: Tensor) -> Tensor:

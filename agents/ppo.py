@@ -42,6 +42,7 @@ from cbp_rl.agents.networks import (
     build_optimizer,
     gaussian_entropy,
     gaussian_log_prob,
+    gaussian_log_prob_of_squares,
     replacement_init,
 )
 from cbp_rl.agents.normalization import ObservationNormalizer, RewardScaler
@@ -259,25 +260,30 @@ def policy_head(
     """
     inverse_std = torch.exp(-log_std)
     z = (actions - mean) * inverse_std
-    log_prob = gaussian_log_prob(z, log_std)
+    z_squared = z.square()
+    log_prob = gaussian_log_prob_of_squares(z_squared, log_std)
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
-    low, high = 1.0 - clip_coef, 1.0 + clip_coef
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(low, high)
+    negative_advantages = -advantages
+    clamped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    unclipped = negative_advantages * ratio
+    clipped = negative_advantages * clamped
     loss = torch.max(unclipped, clipped).mean()
-    # d max(u, c) / d(u, c): 1 to the larger, 1/2 each on a tie; d clamp / d ratio: 1 inside
-    to_unclipped = (unclipped > clipped).float() + 0.5 * (unclipped == clipped).float()
-    inside = ((ratio >= low) & (ratio <= high)).float()
-    weight = to_unclipped + (1.0 - to_unclipped) * inside
-    grad_log_prob = (-advantages * ratio * weight / len(ratio)).unsqueeze(-1)
+    # d max(u, c) / d ratio as a weight on d u / d ratio: 1 inside the clip range (there u == c
+    # and the clamp passes the gradient), else 1 where u is the larger, 1/2 on a tie, 0 below
+    inside_or_larger = (ratio == clamped) | (unclipped > clipped)
+    weight = torch.where(inside_or_larger, 1.0, 0.5 * (unclipped == clipped))
+    grad_log_prob = (unclipped * weight / len(ratio)).unsqueeze(-1)
     grad_mean = grad_log_prob * z * inverse_std
-    grad_log_std = (grad_log_prob * (z.square() - 1.0)).sum(0) - entropy_coef
+    grad_log_std = (grad_log_prob * (z_squared - 1.0)).sum(0)
     entropy = gaussian_entropy(log_std)
-    approx_kl = ((ratio - 1.0) - log_ratio).mean()
-    clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    ratio_minus_one = ratio - 1.0
+    approx_kl = (ratio_minus_one - log_ratio).mean()
+    clip_fraction = (ratio_minus_one.abs() > clip_coef).float().mean()
     stats = torch.stack([loss, entropy, approx_kl, clip_fraction])
-    return PolicyHead(loss - entropy_coef * entropy, grad_mean, grad_log_std, stats)
+    if not entropy_coef:
+        return PolicyHead(loss, grad_mean, grad_log_std, stats)
+    return PolicyHead(loss - entropy_coef * entropy, grad_mean, grad_log_std - entropy_coef, stats)
 
 
 @torch.no_grad()

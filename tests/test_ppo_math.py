@@ -283,6 +283,69 @@ def test_policy_head_gradients_match_autograd(entropy_coef: float) -> None:
     torch.testing.assert_close(head.stats[3], surrogate.clip_fraction)
 
 
+def policy_head_before(
+    mean: Tensor,
+    log_std: Tensor,
+    actions: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    clip_coef: float,
+    entropy_coef: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`policy_head` as it was before its operations were regrouped (main ef1af63):
+    ``grad_mean``, ``grad_log_std`` and the diagnostics, to compare bit for bit."""
+    inverse_std = torch.exp(-log_std)
+    z = (actions - mean) * inverse_std
+    log_ratio = networks.gaussian_log_prob(z, log_std) - old_log_prob
+    ratio = log_ratio.exp()
+    low, high = 1.0 - clip_coef, 1.0 + clip_coef
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(low, high)
+    loss = torch.max(unclipped, clipped).mean()
+    to_unclipped = (unclipped > clipped).float() + 0.5 * (unclipped == clipped).float()
+    inside = ((ratio >= low) & (ratio <= high)).float()
+    weight = to_unclipped + (1.0 - to_unclipped) * inside
+    grad_log_prob = (-advantages * ratio * weight / len(ratio)).unsqueeze(-1)
+    grad_mean = grad_log_prob * z * inverse_std
+    grad_log_std = (grad_log_prob * (z.square() - 1.0)).sum(0) - entropy_coef
+    approx_kl = ((ratio - 1.0) - log_ratio).mean()
+    clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    stats = torch.stack([loss, gaussian_entropy(log_std), approx_kl, clip_fraction])
+    return grad_mean, grad_log_std, stats
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.01])
+def test_policy_head_keeps_the_numbers_of_its_first_version_bit_for_bit(
+    entropy_coef: float,
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    mean = torch.randn(4096, 8, generator=generator)
+    log_std = 0.3 * torch.randn(8, generator=generator)
+    actions = mean + torch.randn(4096, 8, generator=generator)
+    log_prob = networks.gaussian_log_prob((actions - mean) * torch.exp(-log_std), log_std)
+    old_log_prob = log_prob + 0.4 * torch.randn(4096, generator=generator)
+    old_log_prob[:64] = log_prob[:64]  # ratio 1: ties of the max
+    advantages = torch.randn(4096, generator=generator)
+    advantages[64:128] = 0.0  # ties outside the clip range too
+    advantages[128:192] = 1e-45  # products that round to the same subnormal: ties
+    head = policy_head(
+        mean, log_std, actions, old_log_prob, advantages, clip_coef=0.2, entropy_coef=entropy_coef
+    )
+    before = policy_head_before(mean, log_std, actions, old_log_prob, advantages, 0.2, entropy_coef)
+    for new, old in zip((head.grad_mean, head.grad_log_std, head.stats), before, strict=True):
+        assert torch.equal(new, old)
+        assert torch.equal(new.signbit(), old.signbit())  # zeros of the same sign too
+
+
+def test_the_clip_range_test_by_the_clamp_is_the_interval_test_at_the_bounds() -> None:
+    """``ratio == ratio.clamp(low, high)`` (the head) against ``low <= ratio <= high`` (before),
+    on the float32 neighbours of the bounds and on NaN."""
+    bounds = torch.tensor([0.8, 1.2])
+    near = torch.cat([bounds, bounds.nextafter(bounds + 1), bounds.nextafter(bounds - 1)])
+    ratio = torch.cat([near, torch.tensor([float("nan"), 0.0, 1.0, float("inf")])])
+    assert torch.equal(ratio == ratio.clamp(0.8, 1.2), (ratio >= 0.8) & (ratio <= 1.2))
+
+
 @pytest.mark.parametrize("clip_coef", [None, 0.2])
 def test_value_head_gradient_matches_autograd(clip_coef: float | None) -> None:
     generator = torch.Generator().manual_seed(2)
