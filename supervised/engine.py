@@ -282,8 +282,10 @@ class PendingUpdates:
 
     def rank_one_update(self, weight: Tensor, step_size: float) -> RankOneUpdate | None:
         """The waiting update of ``weight`` for the core to apply on its pass over the weights,
-        when exactly one example waits; None otherwise. It counts as applied from here on."""
-        if self.count - self.applied != 1:
+        when exactly one example of one seed waits; None otherwise. It counts as applied from
+        here on. (A block of several seeds' rows is not contiguous, and ATen multiplies such
+        batches seed by seed: slower than applying the update whole.)"""
+        if self.count - self.applied != 1 or weight.shape[0] != 1:
             return None
         inputs, grads = self.unapplied()
         self.applied = self.count

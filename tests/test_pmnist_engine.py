@@ -445,10 +445,10 @@ class FlushingLearner(BatchedLearner):
     ("network", "seeds", "block_bytes", "in_blocks"),
     [
         (NET, 1, 2 << 20, False),  # whole weights, inside the pass
-        (NET, 3, 40, True),  # first layer's rows too small for BLAS: applied whole first
+        (NET, 1, 40, True),  # first layer applied whole (its blocks too small for BLAS)
         (NetworkSpec(width=64, depth=2), 1, 2048, True),  # blocks of input rows
-        (NetworkSpec(inputs=20, width=64, depth=2), 3, 7680, True),  # output columns
-        (NetworkSpec(inputs=4, width=4, depth=2), 8, 192, True),  # seeds
+        (NetworkSpec(inputs=20, width=64, depth=2), 1, 2560, True),  # output columns
+        (NetworkSpec(width=64, depth=2), 3, 2048, False),  # several seeds: applied whole first
     ],
 )
 def test_exact_cbp_updates_on_the_magnitude_pass_change_no_float(
@@ -459,8 +459,8 @@ def test_exact_cbp_updates_on_the_magnitude_pass_change_no_float(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Applying the waiting updates inside the magnitude pass, block by block along each
-    weight's seed, input or output dimension, gives the floats of flushing them first: the
-    same weights, biases, statistics and replacements after every window, bit for bit."""
+    weight's input or output dimension, gives the floats of flushing them first: the same
+    weights, biases, statistics and replacements after every window, bit for bit."""
     monkeypatch.setattr(engine_module, "DEFER_HIDDEN_ELEMENTS", 1)
     monkeypatch.setattr(cbp_module, "_BLOCK_BYTES", block_bytes)
     partial = [0]
