@@ -23,9 +23,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 import numpy as np
 import torch
@@ -145,6 +145,27 @@ class UnitLayout:
     def outgoing(self) -> Tensor:
         """The outgoing weight, viewed with one dimension per unit."""
         return self.out_weight if self.out_view is None else self.out_weight.view(self.out_view)
+
+
+class BlockUpdate(Protocol):
+    """An update of a weight not applied yet, which can be applied a block at a time."""
+
+    def exact_in_blocks(self, dim: int, size: int) -> bool:
+        """Whether applying it in blocks of ``size`` along ``dim`` gives the floats of applying
+        it whole."""
+
+    def apply(self, dim: int, start: int, count: int) -> None:
+        """Apply it to the block ``weight.narrow(dim, start, count)``."""
+
+
+def _apply_whole(updates: dict[int, BlockUpdate], layouts: Sequence[UnitLayout]) -> None:
+    """Apply (and drop) the updates of ``updates`` still waiting, each to its whole weight."""
+    if not updates:
+        return
+    weights = {id(w): w for layout in layouts for w in (layout.in_weight, layout.out_weight)}
+    for key, update in updates.items():
+        update.apply(0, 0, weights[key].shape[0])
+    updates.clear()
 
 
 class Replacement(NamedTuple):
@@ -338,26 +359,38 @@ class GenerateAndTest(nn.Module):
 
     # ------------------------------------------------------------------------ the step
     def generate_and_test(
-        self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
+        self,
+        activations: Sequence[Tensor],
+        layouts: Sequence[UnitLayout],
+        weight_updates: Mapping[int, BlockUpdate] | None = None,
     ) -> list[Replacement]:
         """One generate-and-test step on the activations of the latest forward pass.
 
         ``activations[l]`` is ``[*seeds, M, units]``, or ``[*seeds, M, units, P]`` where a unit
         has P positions (a conv channel); M is the number of examples.
-        Updates the statistics, replaces units in place and returns what it replaced.
+        ``weight_updates`` (keyed by ``id(weight)``) are updates of weights not applied yet:
+        each is applied once, before anything reads that weight, a block at a time inside the
+        pass that reads the weights' magnitudes when this step reads them (the block still in
+        cache), else whole. Updates the statistics, replaces units in place and returns what
+        it replaced.
         """
         if len(activations) != len(self.layer_sizes) or len(layouts) != len(self.layer_sizes):
             raise ValueError(
                 f"expected {len(self.layer_sizes)} activation tensors and layouts, got "
                 f"{len(activations)} and {len(layouts)}"
             )
+        updates = dict(weight_updates or {})
         if self.config.replacement_rate == 0.0:
+            _apply_whole(updates, layouts)
             return []  # the reference skips the whole step, statistics included
         with torch.no_grad():
-            return self._generate_and_test(activations, layouts)
+            return self._generate_and_test(activations, layouts, updates)
 
     def _generate_and_test(
-        self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
+        self,
+        activations: Sequence[Tensor],
+        layouts: Sequence[UnitLayout],
+        updates: dict[int, BlockUpdate],
     ) -> list[Replacement]:
         buffers = self._buffers
         utility = buffers["utility"]
@@ -379,7 +412,8 @@ class GenerateAndTest(nn.Module):
         assert one is not None and one_float is not None
         age.add_(one)  # tensor operands: cheaper than wrapping a Python scalar
         correction.lerp_(one_float, 1.0 - self.config.decay_rate)
-        self._update_utility(per_unit, batch_mean, layouts)
+        self._update_utility(per_unit, batch_mean, layouts, updates)
+        _apply_whole(updates, layouts)
         return self._replace_units(layouts)
 
     def _raise_bad_activations(self, activations: Sequence[Tensor]) -> None:
@@ -398,7 +432,11 @@ class GenerateAndTest(nn.Module):
         )
 
     def _update_utility(
-        self, per_unit: _PerUnitReducer, batch_mean: Tensor, layouts: Sequence[UnitLayout]
+        self,
+        per_unit: _PerUnitReducer,
+        batch_mean: Tensor,
+        layouts: Sequence[UnitLayout],
+        updates: dict[int, BlockUpdate],
     ) -> None:
         cfg = self.config
         weight = 1.0 - cfg.decay_rate
@@ -418,7 +456,7 @@ class GenerateAndTest(nn.Module):
             nonnegative = all(layout.nonnegative for layout in layouts)
             spread = per_unit.mean().clone() if nonnegative else per_unit.mean_abs()
         if _magnitudes_due(self._book.steps, cfg.magnitude_every):
-            self._magnitude_plan(layouts).run()
+            self._magnitude_plan(layouts).run(updates)
         in_magnitude, out_magnitude = buffers["in_magnitude"], buffers["out_magnitude"]
         assert in_magnitude is not None and out_magnitude is not None
         if kind == "contribution" or kind == "zero_contribution":
@@ -756,7 +794,8 @@ class _MagnitudePlan:
     """Mean absolute incoming and outgoing weight of every unit, as a fixed list of tensor ops.
 
     Each weight tensor is made absolute once per refresh and serves both the layer it feeds (its
-    rows) and the layer it reads from (its columns). Large tensors go in blocks of about
+    rows) and the layer it reads from (its columns); an update waiting for a weight is applied
+    on the same pass, block by block. Large tensors go in blocks of about
     :data:`_BLOCK_BYTES` (:class:`_BlockedAbsolute`), so each block's absolute values are reduced
     while still in cache and the weights are read from memory once. One multiply per magnitude
     buffer turns the sums into means.
@@ -783,9 +822,11 @@ class _MagnitudePlan:
                 inverse_counts[..., span] = 1.0 / math.prod(viewed.shape[d] for d in dims)
             self.scales.append(_Scale(magnitude, inverse_counts))
 
-    def run(self) -> None:
-        for blocked in self.weights.values():
-            blocked.reduce()
+    def run(self, updates: dict[int, BlockUpdate]) -> None:
+        """Refresh the magnitudes, applying (and dropping) the waiting updates of the weights
+        read on the way, block by block."""
+        for key, blocked in self.weights.items():
+            blocked.reduce(updates.pop(key, None))
         for magnitude, inverse_counts in self.scales:
             magnitude.mul_(inverse_counts)
 
@@ -857,15 +898,21 @@ class _BlockedAbsolute:
             uses.append(_Use(shape, dims, out, kept.index(dim) if dim in kept else None))
         return _BlockPlan(dim, size, scratch, uses)
 
-    def reduce(self) -> None:
+    def reduce(self, update: BlockUpdate | None = None) -> None:
+        """Take the sums; with ``update``, first apply it to each block (then in cache)."""
         if self.plan is None:
             self.plan = self._make_plan()
         dim, size, scratch, uses = self.plan
         weight = self.weight
         length = weight.shape[dim]
+        if update is not None and not update.exact_in_blocks(dim, size):
+            update.apply(0, 0, weight.shape[0])
+            update = None
         for start in range(0, length, size):
             count = min(size, length - start)
             block = scratch if count == size else scratch.narrow(dim, 0, count)
+            if update is not None:
+                update.apply(dim, start, count)
             torch.abs(weight.narrow(dim, start, count), out=block)
             for shape, dims, out, position in uses:
                 viewed = block if shape == tuple(weight.shape) else block.view(count, *shape[1:])
@@ -1143,6 +1190,7 @@ def replacement_bound(layer: HiddenLayer, init: str) -> float:
 __all__ = [
     "INIT_NAMES",
     "UTILITY_NAMES",
+    "BlockUpdate",
     "CBPConfig",
     "ContinualBackprop",
     "GenerateAndTest",

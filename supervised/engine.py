@@ -36,7 +36,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.cbp import CBPConfig, GenerateAndTest, Replacement, UnitLayout, reinit_units
+from cbp_rl.cbp import (
+    BlockUpdate,
+    CBPConfig,
+    GenerateAndTest,
+    Replacement,
+    UnitLayout,
+    reinit_units,
+)
 from cbp_rl.methods import ShrinkAndPerturb
 from cbp_rl.metrics import dormant_mask
 from cbp_rl.nets import activation_gain, init_bound, make_activation, validate_init
@@ -273,6 +280,17 @@ class PendingUpdates:
             weight.baddbmm_(inputs.transpose(1, 2), grads, alpha=-step_size)
             self.applied = self.count
 
+    def rank_one_update(self, weight: Tensor, step_size: float) -> RankOneUpdate | None:
+        """The waiting update of ``weight`` for the core to apply on its pass over the weights,
+        when exactly one example of one seed waits; None otherwise. It counts as applied from
+        here on. (A block of several seeds' rows is not contiguous, and ATen multiplies such
+        batches seed by seed: slower than applying the update whole.)"""
+        if self.count - self.applied != 1 or weight.shape[0] != 1:
+            return None
+        inputs, grads = self.unapplied()
+        self.applied = self.count
+        return RankOneUpdate(weight, inputs.transpose(1, 2), grads, step_size)
+
     def forget_outputs(self, seed: int, units: Tensor) -> None:
         """Drop the recorded updates of units' incoming weights (they were reinitialized)."""
         self.grads[seed, : self.count, units] = 0.0
@@ -281,6 +299,35 @@ class PendingUpdates:
         """Drop the recorded updates of units' outgoing weights (they were zeroed)."""
         assert self.inputs is not None
         self.inputs[seed, : self.count, units] = 0.0
+
+
+BLAS_PRODUCTS = 400
+"""A batched product of fewer multiply-adds per matrix than this is computed by ATen's own loop
+on the CPU, with another rounding than the BLAS call larger ones get."""
+
+
+class RankOneUpdate:
+    """``weight -= step_size * columns @ row`` (``[S, in, 1]`` times ``[S, 1, out]``): one
+    product per element, so any block of the weight updated alone gets the floats the whole
+    update gives it, as long as the block's product takes the same routine (see
+    :data:`BLAS_PRODUCTS`). A :class:`~cbp_rl.cbp.BlockUpdate`."""
+
+    def __init__(self, weight: Tensor, columns: Tensor, row: Tensor, step_size: float) -> None:
+        self.weight, self.columns, self.row, self.step_size = weight, columns, row, step_size
+
+    def exact_in_blocks(self, dim: int, size: int) -> bool:
+        _, fan_in, fan_out = self.weight.shape
+        length = self.weight.shape[dim]
+        sides = {fan_in * fan_out >= BLAS_PRODUCTS}
+        for count in {min(size, length), length % size or size}:
+            rows = count if dim == 1 else fan_in
+            sides.add(rows * (count if dim == 2 else fan_out) >= BLAS_PRODUCTS)
+        return len(sides) == 1
+
+    def apply(self, dim: int, start: int, count: int) -> None:
+        columns = self.columns.narrow(dim, start, count) if dim < 2 else self.columns
+        row = self.row.narrow(dim, start, count) if dim != 1 else self.row
+        self.weight.narrow(dim, start, count).baddbmm_(columns, row, alpha=-self.step_size)
 
 
 class BatchedReDo:
@@ -675,10 +722,18 @@ class BatchedLearner:
 
     def _cbp_step(self, hidden: list[Tensor]) -> None:
         assert self.cbp is not None
-        if self.cbp.magnitudes_due():
-            self._flush()  # the core reads the weights' magnitudes at this call
+        updates: dict[int, BlockUpdate] = {}
+        if self.cbp.magnitudes_due():  # the core reads the weights' magnitudes at this call
+            lr = self.learner.step_size
+            for layer, pending in self.pending.items():
+                weight = self.weights[layer]
+                update = pending.rank_one_update(weight, lr)
+                if update is None:
+                    pending.flush(weight, lr)
+                else:  # applied on the core's pass over the weight
+                    updates[id(weight)] = update
         self.cbp_calls += 1
-        replaced = self.cbp.generate_and_test(hidden, self.layouts)
+        replaced = self.cbp.generate_and_test(hidden, self.layouts, updates)
         self._after_reinit(replaced, reset=self.learner.cbp_reset_optimizer)
 
     def _after_reinit(self, replaced: Sequence[Replacement], *, reset: bool) -> None:

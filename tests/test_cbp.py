@@ -725,3 +725,53 @@ def test_buffered_replacement_draws_equal_one_draw_per_step() -> None:
     uniform.sync(range(2))
     for mine, theirs in zip(buffered, plain, strict=True):
         assert torch.equal(mine.get_state(), theirs.get_state())
+
+
+def blockwise_mean_abs(weight: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """The exact magnitudes as computed up to now, written out: ``|weight|`` in blocks of about
+    ``_BLOCK_BYTES`` along its largest dimension, each block summed over ``dims``, block sums
+    over the block dimension added in order, times ``1 / count``: the floats to keep."""
+    dim = max(range(weight.ndim), key=lambda d: weight.shape[d])
+    row_bytes = weight.numel() // weight.shape[dim] * weight.element_size()
+    size = max(1, min(weight.shape[dim], cbp_module._BLOCK_BYTES // row_bytes))
+    sums = [torch.abs(block).contiguous().sum(dims) for block in weight.split(size, dim)]
+    if dim in dims:
+        total = sums[0]
+        for partial in sums[1:]:
+            total = total + partial
+    else:
+        total = torch.cat(sums, [d for d in range(weight.ndim) if d not in dims].index(dim))
+    count = math.prod(weight.shape[d] for d in dims)
+    return total * torch.tensor(1.0 / count, dtype=weight.dtype)
+
+
+@pytest.mark.parametrize("widths", [(6, 5), (300, 40)])
+def test_exact_magnitudes_are_the_blockwise_floats_at_every_step(
+    widths: tuple[int, ...], block_bytes: str
+) -> None:
+    """The exact path's magnitudes, step after step with replacements, are bit for bit those of
+    the blockwise computation written out above (replaced units' outgoing magnitude is 0)."""
+    net = small_mlp(widths=widths, inputs=30)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    cbp = ContinualBackprop(
+        net,
+        opt,
+        replacement_rate=0.02,
+        maturity_threshold=5,
+        utility="adaptable_contribution",
+        accumulate=True,
+        seed=0,
+    )
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        train_step(net, opt, torch.randn(4, 30, generator=generator))
+        with torch.no_grad():
+            incoming = torch.cat([blockwise_mean_abs(m.weight, [1]) for m in linears[:-1]])
+            outgoing = torch.cat([blockwise_mean_abs(m.weight, [0]) for m in linears[1:]])
+        cbp.step()
+        kept = cbp.age > 0
+        assert torch.equal(cbp.in_magnitude, incoming)
+        assert torch.equal(cbp.out_magnitude[kept], outgoing[kept])
+        assert not cbp.out_magnitude[~kept].any()
+    assert sum(cbp.replacement_counts()) > 10

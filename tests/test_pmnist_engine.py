@@ -13,6 +13,7 @@ from torch import nn
 
 import cbp_rl.supervised.engine as engine_module
 from cbp_rl import CBPConfig, ContinualBackprop, GenerateAndTest, ResettableAdam
+from cbp_rl import cbp as cbp_module
 from cbp_rl.cbp import UnitLayout
 from cbp_rl.methods import ReDo, ShrinkAndPerturb
 from cbp_rl.nets import init_bound, init_layer_
@@ -373,7 +374,7 @@ def test_core_magnitudes_of_large_stacked_weights(seeds: int, width: int) -> Non
         for i in range(2)
     ]
     core = GenerateAndTest([width] * 2, CBP, seeds=0, num_seeds=seeds)
-    core._magnitude_plan(layouts).run()
+    core._magnitude_plan(layouts).run({})
     incoming = torch.cat([weights[i].abs().mean(1) for i in range(2)], -1)
     outgoing = torch.cat([weights[i + 1].abs().mean(2) for i in range(2)], -1)
     torch.testing.assert_close(core.in_magnitude, incoming)
@@ -423,3 +424,64 @@ def test_deferred_updates_match_immediate_ones() -> None:
     immediate.train(inputs, labels)
     for a, b in zip(windowed.parameters(), immediate.parameters(), strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+class FlushingLearner(BatchedLearner):
+    """The engine's exact CBP as it was: every waiting update applied whole before the core's
+    own pass over the weights reads their magnitudes."""
+
+    def _cbp_step(self, hidden: list[torch.Tensor]) -> None:
+        assert self.cbp is not None
+        if self.cbp.magnitudes_due():
+            self._flush()
+        self.cbp_calls += 1
+        self._after_reinit(
+            self.cbp.generate_and_test(hidden, self.layouts),
+            reset=self.learner.cbp_reset_optimizer,
+        )
+
+
+@pytest.mark.parametrize(
+    ("network", "seeds", "block_bytes", "in_blocks"),
+    [
+        (NET, 1, 2 << 20, False),  # whole weights, inside the pass
+        (NET, 1, 40, True),  # first layer applied whole (its blocks too small for BLAS)
+        (NetworkSpec(width=64, depth=2), 1, 2048, True),  # blocks of input rows
+        (NetworkSpec(inputs=20, width=64, depth=2), 1, 2560, True),  # output columns
+        (NetworkSpec(width=64, depth=2), 3, 2048, False),  # several seeds: applied whole first
+    ],
+)
+def test_exact_cbp_updates_on_the_magnitude_pass_change_no_float(
+    network: NetworkSpec,
+    seeds: int,
+    block_bytes: int,
+    in_blocks: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Applying the waiting updates inside the magnitude pass, block by block along each
+    weight's input or output dimension, gives the floats of flushing them first: the same
+    weights, biases, statistics and replacements after every window, bit for bit."""
+    monkeypatch.setattr(engine_module, "DEFER_HIDDEN_ELEMENTS", 1)
+    monkeypatch.setattr(cbp_module, "_BLOCK_BYTES", block_bytes)
+    partial = [0]
+    whole_apply = engine_module.RankOneUpdate.apply
+
+    def counting_apply(update: engine_module.RankOneUpdate, dim: int, start: int, n: int) -> None:
+        partial[0] += n < update.weight.shape[dim]
+        whole_apply(update, dim, start, n)
+
+    monkeypatch.setattr(engine_module.RankOneUpdate, "apply", counting_apply)
+    spec = LearnerSpec(step_size=0.05, cbp=CBP)
+    fused = BatchedLearner(network, spec, list(range(seeds)), window=16)
+    flushing = FlushingLearner(network, spec, list(range(seeds)), window=16)
+    inputs, labels = data(240, seeds=seeds)
+    inputs = inputs[..., : network.inputs].contiguous()
+    for start in range(0, 240, 48):
+        for learner in (fused, flushing):
+            learner.train(inputs[:, start : start + 48], labels[:, start : start + 48])
+        for a, b in zip(fused.parameters(), flushing.parameters(), strict=True):
+            assert torch.equal(a, b)
+        for name, buffer in flushing.cbp.named_buffers():  # type: ignore[union-attr]
+            assert torch.equal(fused.cbp.get_buffer(name), buffer), name  # type: ignore[union-attr]
+    assert int(fused.replacements().sum()) > 10 * seeds
+    assert (partial[0] > 0) == in_blocks
