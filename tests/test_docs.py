@@ -18,6 +18,8 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -142,6 +144,13 @@ def commands_in(text: str) -> list[tuple[str, str, list[str]]]:
     return found
 
 
+def prefetch_help(commands: Iterable[tuple[str, str]]) -> None:
+    """Fill :func:`help_text`'s cache, one ``--help`` process per core at a time (each spends
+    seconds importing torch)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda command: help_text(*command), sorted(commands)))
+
+
 @cache
 def help_text(module: str, subcommand: str) -> str:
     runs = [module] if module.endswith(".py") else ["-m", module]  # a script, or a module
@@ -156,16 +165,20 @@ def help_text(module: str, subcommand: str) -> str:
 def test_commands_in_docs_have_their_flags() -> None:
     """Each flag of a documented command appears in that command's ``--help``."""
     unknown = []
-    for page in USER_DOCS:
-        for module, subcommand, flags in commands_in(page.read_text()):
-            if module == "cbp_rl.train" and not subcommand:
-                continue  # a newer command documented on another branch's page
-            text = help_text(module, subcommand)
-            unknown += [
-                f"{page.name}: {module} {subcommand} {flag}"
-                for flag in flags
-                if not re.search(rf"{re.escape(flag)}\b", text)
-            ]
+    documented = [
+        (page, command)
+        for page in USER_DOCS
+        for command in commands_in(page.read_text())
+        if command[0] != "cbp_rl.train" or command[1]  # a bare train: another branch's command
+    ]
+    prefetch_help({(module, subcommand) for _, (module, subcommand, _) in documented})
+    for page, (module, subcommand, flags) in documented:
+        text = help_text(module, subcommand)
+        unknown += [
+            f"{page.name}: {module} {subcommand} {flag}"
+            for flag in flags
+            if not re.search(rf"{re.escape(flag)}\b", text)
+        ]
     assert not unknown, "flags that the commands do not have:\n" + "\n".join(unknown)
 
 
