@@ -17,10 +17,29 @@ from typing import Any, Literal, get_args
 from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.nets import validate_init
 from cbp_rl.supervised.activations import get_activation
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
-LearnerName = Literal["bp", "l2", "snp", "dropout", "onlinenorm", "adam", "redo", "cbp"]
+LearnerName = Literal[
+    "bp",
+    "l2",
+    "snp",
+    "dropout",
+    "onlinenorm",
+    "adam",
+    "redo",
+    "cbp",
+    # the per-seed autograd path (cbp_rl.supervised.autograd)
+    "l2init",
+    "crelu",
+    "layernorm",
+    "injection",
+    "reset",
+    "regrama",
+    "parseval",
+    "upgd",
+]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
 
 LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -32,6 +51,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "adam": {"optimizer": "adam", "step_size": 1e-4},
     "redo": {},
     "cbp": {},
+    **{name: {} for name in AUTOGRAD_METHODS},
 }
 """Per learner, the values its ``None`` fields take (thesis chapter 4 and the reference cfgs;
 anything not listed is SGD, step size 0.003, no weight decay, no noise, no dropout)."""
@@ -196,6 +216,37 @@ class CBPFlags:
 
 
 @dataclass(frozen=True)
+class FieldMethodFlags:
+    """The field's methods (learners l2init ... upgd, cbp_rl.methods; the papers' defaults),
+    on the per-seed autograd path."""
+
+    l2init_coef: float = 1e-2
+    """L2 Init: loss coef * ||theta - theta_0||^2 (Kumar et al. 2023)."""
+    parseval_coef: float = 1e-3
+    """Parseval: loss coef * sum ||W W^T - s I||_F^2 over the hidden layers (Chung et al. 2024)."""
+    parseval_scale: float = 1.0
+    """Parseval's s."""
+    injection_every: int | None = None
+    """Plasticity injection: steps between injections; default once, halfway through the run
+    (Nikishin et al. 2023)."""
+    reset_every: int = 200_000
+    """Reset: steps between resets of the last layers (Nikishin et al. 2022: 2e5 for SAC)."""
+    reset_layers: int = 1
+    """Reset: how many of the last weight layers."""
+    regrama_threshold: float = 0.1
+    """ReGraMa: a unit whose mean |incoming gradient| over the layer's mean is at most this is
+    reinitialized (Liu et al. 2025)."""
+    regrama_period: int = 1000
+    """ReGraMa: steps between checks."""
+    upgd_weight_decay: float = 1e-3
+    """UPGD's weight decay (Elsayed & Mahmood 2024)."""
+    upgd_beta_utility: float = 0.999
+    """UPGD's utility trace decay."""
+    upgd_sigma: float = 1e-3
+    """UPGD's perturbation noise std."""
+
+
+@dataclass(frozen=True)
 class MeasureConfig:
     """The task-start plasticity measures."""
 
@@ -231,7 +282,9 @@ class PermutedMNISTConfig:
     permutation of the pixels, its examples shown once, one at a time."""
 
     learner: LearnerName = "bp"
-    """bp (SGD), l2, snp (shrink and perturb), dropout, onlinenorm, adam, redo or cbp."""
+    """bp (SGD), l2, snp (shrink and perturb), dropout, onlinenorm, adam, redo or cbp (the
+    batched engine); l2init, crelu, layernorm, injection, reset, regrama, parseval or upgd (the
+    field's methods, per seed through autograd; see docs/methods.md)."""
     seeds: int = 1
     """Seeds of this configuration run together as one batched network."""
     seed: int = 0
@@ -251,6 +304,7 @@ class PermutedMNISTConfig:
     norm: OnlineNormFlags = field(default_factory=OnlineNormFlags)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
     cbp: CBPFlags = field(default_factory=CBPFlags)
+    methods: FieldMethodFlags = field(default_factory=FieldMethodFlags)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -279,6 +333,7 @@ class PermutedMNISTConfig:
         if self.run.threads is not None and self.run.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.run.threads}")
         self.learner_spec()  # validates the learner's hyperparameters
+        self.method_spec()
 
     @property
     def seed_list(self) -> list[int]:
@@ -340,6 +395,28 @@ class PermutedMNISTConfig:
             redo=redo,
             cbp=self.cbp.to_cbp_config() if self.learner == "cbp" else None,
             cbp_reset_optimizer=self.cbp.cbp_reset_optimizer,
+        )
+
+    def method_spec(self) -> MethodSpec | None:
+        """The field method of an autograd-path learner (None for the batched learners)."""
+        if self.learner not in AUTOGRAD_METHODS:
+            return None
+        flags = self.methods
+        steps = self.tasks * self.examples_per_task // self.batch_size
+        every = flags.injection_every
+        return MethodSpec(
+            name=self.learner,
+            l2init_coef=flags.l2init_coef,
+            parseval_coef=flags.parseval_coef,
+            parseval_scale=flags.parseval_scale,
+            injection_every=max(1, steps // 2) if every is None else every,
+            reset_every=flags.reset_every,
+            reset_layers=flags.reset_layers,
+            regrama_threshold=flags.regrama_threshold,
+            regrama_period=flags.regrama_period,
+            upgd_weight_decay=flags.upgd_weight_decay,
+            upgd_beta_utility=flags.upgd_beta_utility,
+            upgd_sigma=flags.upgd_sigma,
         )
 
     def label(self) -> str:

@@ -36,6 +36,7 @@ from cbp_rl.run.checkpoint import (
 )
 from cbp_rl.run.logging import RunLogger, RunStatusWriter
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.supervised.autograd import PerSeedLearner
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
@@ -68,6 +69,29 @@ class RunSummary:
     """``[S, tasks_done]`` online accuracy per seed and task."""
 
 
+def make_engine(
+    config: PermutedMNISTConfig, device: torch.device
+) -> BatchedLearner | PerSeedLearner:
+    """The batched engine, or the per-seed autograd path for the field's methods."""
+    method = config.method_spec()
+    if method is not None:
+        return PerSeedLearner(
+            config.network_spec(),
+            config.learner_spec(),
+            method,
+            config.seed_list,
+            window=config.optim.update_window,
+            device=device,
+        )
+    return BatchedLearner(
+        config.network_spec(),
+        config.learner_spec(),
+        config.seed_list,
+        window=config.optim.update_window,
+        device=device,
+    )
+
+
 class PermutedMNISTRun:
     """The state of one run and its task loop. Use :func:`run` unless you need the pieces."""
 
@@ -77,13 +101,7 @@ class PermutedMNISTRun:
         self.run_dir = run_dir
         self.device = resolve_device(config.run.device)
         seeds = config.seed_list
-        self.engine = BatchedLearner(
-            config.network_spec(),
-            config.learner_spec(),
-            seeds,
-            window=config.optim.update_window,
-            device=self.device,
-        )
+        self.engine = make_engine(config, self.device)
         self.stream = PermutedTasks(
             torch.from_numpy(images.images).to(self.device),
             torch.from_numpy(images.labels).to(self.device),
@@ -187,7 +205,7 @@ class PermutedMNISTRun:
         self.replaced_before = replaced
         self.results.record_task(self.task, accuracy, loss, per_task)
         values = {"task/accuracy": accuracy, "task/loss": loss}
-        if self.engine.learner.reinitializes:
+        if self.engine.reinitializes:
             for layer in range(self.config.network.depth):
                 values[f"task/replacements/{layer}"] = per_task[:, layer].astype(np.float64)
         self._log(values, self.task + 1)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 
-STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo")
+STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo", "method")
 """Named random streams of one seed; each gets its own generator seeded by :func:`derive_seed`."""
 
 
