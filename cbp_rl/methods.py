@@ -42,7 +42,7 @@ from cbp_rl.cbp import (
     reset_units_optimizer_state,
 )
 from cbp_rl.discovery import ExampleInputs, find_hidden_layers
-from cbp_rl.nets import validate_init
+from cbp_rl.nets import activation_gain, init_layer_, validate_init
 from cbp_rl.units import WEIGHT_LAYERS, ActivationRecorder, HiddenLayer, LayerSpec, WeightLayer
 
 
@@ -386,11 +386,16 @@ def use_crelu(
     layers: Sequence[LayerSpec] | None = None,
     example_inputs: ExampleInputs | None = None,
     example_call: Callable[..., Any] | None = None,
+    init: str | None = None,
+    output_gain: float = 1.0,
 ) -> nn.Module:
     """CReLU (Abbas et al. 2023, "Loss of plasticity in continual deep reinforcement
     learning"), in place: each hidden layer's ReLU-family activation module becomes
-    :class:`CReLU` and the layer reading it a fresh layer of twice the inputs (torch's default
-    initialization of that layer). Hidden layers are the ones :class:`ContinualBackprop` finds.
+    :class:`CReLU` and the layer reading it a fresh layer of twice the inputs, initialized by
+    torch's default for that layer or, with ``init`` (:data:`cbp_rl.nets.INIT_NAMES`), as
+    :func:`cbp_rl.nets.mlp` does (the ReLU gain; ``output_gain`` for the network's last weight
+    layer), from the global generator. Hidden layers are the ones :class:`ContinualBackprop`
+    finds.
     Returns ``net``. Functional activations and activation modules serving several hidden
     layers are refused (they cannot be swapped for this layer alone).
 
@@ -399,12 +404,19 @@ def use_crelu(
     found = find_hidden_layers(
         net, layers=layers, example_inputs=example_inputs, example_call=example_call
     )
+    if init is not None:
+        validate_init(init)
     _check_unshared(net, found.hidden, "use_crelu")
     names = _module_names(net)
+    last = weight_layers(net)[-1][1]
     for layer in found.hidden:
         activation_name = _activation_name(net, layer, names, "use_crelu")
         _replace_module(net, activation_name, CReLU(dim=1 if layer.is_conv else -1))
-        _replace_module(net, names[id(layer.outgoing)], _widened(layer.outgoing, 2))
+        wide = _widened(layer.outgoing, 2)
+        if init is not None:
+            gain = output_gain if layer.outgoing is last else activation_gain("relu")
+            init_layer_(wide, init, gain)  # type: ignore[arg-type]
+        _replace_module(net, names[id(layer.outgoing)], wide)
     return net
 
 

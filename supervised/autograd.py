@@ -80,7 +80,14 @@ class MethodSpec:
 class _Seed:
     """One seed's network, optimizer and method."""
 
-    def __init__(self, net: nn.Sequential, spec: MethodSpec, learner: LearnerSpec, seed: int):
+    def __init__(
+        self,
+        net: nn.Sequential,
+        spec: MethodSpec,
+        network: NetworkSpec,
+        learner: LearnerSpec,
+        seed: int,
+    ):
         self.net = net
         self.spec = spec
         self.activation_names = _hidden_activation_names(net)
@@ -88,7 +95,7 @@ class _Seed:
         if spec.name == "crelu":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(method_seed)  # the widened layers' fresh initialization
-                use_crelu(net)
+                use_crelu(net, init=network.init)
         elif spec.name == "layernorm":
             add_layer_norm(net)
         self.optimizer = _optimizer(net, spec, learner, method_seed)
@@ -208,7 +215,8 @@ class PerSeedLearner:
         self.device = start.device
         self.window = start.window
         self._seeds = [
-            _Seed(start.to_module(s), method, learner, seed) for s, seed in enumerate(self.seeds)
+            _Seed(start.to_module(s), method, network, learner, seed)
+            for s, seed in enumerate(self.seeds)
         ]
         self.correct = torch.zeros(self.num_seeds, dtype=torch.int64, device=self.device)
         self.loss_sum = torch.zeros(self.num_seeds, dtype=torch.float64, device=self.device)
