@@ -290,6 +290,15 @@ class FieldMethodSettings:
         if not 0.0 <= self.upgd_beta_utility < 1.0:
             raise ValueError(f"upgd_beta_utility must be in [0, 1), got {self.upgd_beta_utility}")
 
+    def check_with(self, methods: MethodSettings) -> None:
+        """Refuse combinations that cannot work, saying why."""
+        if self.injection_every and (methods.cbp or methods.redo or self.regrama):
+            raise ValueError(
+                "--injection-every with --cbp, --redo or --regrama: after an injection the "
+                "output layer is three layers, so a replaced unit's outgoing weights are no "
+                "longer one layer to zero; use one or the other"
+            )
+
     @property
     def active(self) -> bool:
         """Whether any of these methods is on (UPGD is the optimizer's business)."""

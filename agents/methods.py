@@ -164,8 +164,13 @@ class PlasticityMethods(nn.Module):
         terms = [term.penalty() for term in self.penalties.get(name, ())]
         return sum(terms[1:], terms[0]) if terms else None
 
+    def trainable(self, name: str) -> list[Tensor]:
+        """Parameters of network ``name`` that live in the methods (injected heads)."""
+        injection = self.injection.get(name)
+        return [] if injection is None else injection.trainable()
+
     def restore_structure(self, state: Mapping[str, Any]) -> None:
-        """Before loading a saved network: regrow the injected heads the state holds."""
+        """Before loading a saved state: regrow the injected heads it holds."""
         for key, module in self.field_modules.items():
             saved = state.get(f"field_modules.{key}.injections")
             if isinstance(module, PlasticityInjection) and saved is not None:
@@ -225,3 +230,5 @@ class PlasticityMethods(nn.Module):
             redo.remove()
         for regrama in self.regrama.values():
             regrama.remove()
+        for injection in self.injection.values():
+            injection.remove()

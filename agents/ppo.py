@@ -175,6 +175,7 @@ class PPOConfig:
     measure: Annotated[MeasureSettings, Group] = field(default_factory=MeasureSettings)
 
     def __post_init__(self) -> None:
+        self.field_methods.check_with(self.methods)
         if self.ppo.batch_size % self.run.num_envs:
             raise ValueError(
                 f"batch_size {self.ppo.batch_size} does not split over {self.run.num_envs} "

@@ -190,6 +190,7 @@ class SACConfig:
     )
 
     def __post_init__(self) -> None:
+        self.field_methods.check_with(self.methods)
         if self.sac.log_every % self.run.num_envs:
             raise ValueError(
                 f"log_every {self.sac.log_every} is not a whole number of vector steps of "

@@ -10,7 +10,7 @@
   ``[relu(x), relu(-x)]``, the layer reading it twice as wide.
 * :func:`add_layer_norm` (Lyle et al. 2024): a LayerNorm before each hidden activation.
 * :class:`PlasticityInjection` (Nikishin et al. 2023): a new head minus its frozen copy, added
-  to the frozen old head.
+  to the frozen old head (a forward hook: the network's parameters keep their names).
 * :class:`ResetLastLayers` (Nikishin et al. 2022): reinitialize the last K weight layers every N
   steps.
 * :class:`ReGraMa` (Liu et al. 2025): ReDo's test on the units' normalized gradient magnitudes.
@@ -42,7 +42,7 @@ from cbp_rl.cbp import (
     reset_units_optimizer_state,
 )
 from cbp_rl.discovery import ExampleInputs, find_hidden_layers
-from cbp_rl.nets import activation_gain, init_layer_, validate_init
+from cbp_rl.nets import CReLU, activation_gain, init_layer_, validate_init
 from cbp_rl.units import WEIGHT_LAYERS, ActivationRecorder, HiddenLayer, LayerSpec, WeightLayer
 
 
@@ -309,21 +309,6 @@ class L2Init(nn.Module):
 
 
 # ------------------------------------------------------------ network transformations
-class CReLU(nn.Module):
-    """Concatenated ReLU (Shang et al. 2016; for plasticity Abbas et al. 2023):
-    ``cat([relu(x), relu(-x)], dim)``; the output has twice the features along ``dim``."""
-
-    def __init__(self, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([torch.relu(x), torch.relu(-x)], self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
-
-
 def _module_names(net: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in net.named_modules()}
 
@@ -457,20 +442,6 @@ def add_layer_norm(
 
 
 # ------------------------------------------------------------------ plasticity injection
-class InjectedHead(nn.Module):
-    """``old(x) + (new(x) - frozen(x))``: ``old`` and ``frozen`` do not train; at injection
-    ``new`` equals ``frozen``, so the output is exactly the old head's."""
-
-    def __init__(self, old: nn.Module, new: nn.Module, frozen: nn.Module) -> None:
-        super().__init__()
-        self.old, self.new, self.frozen = old, new, frozen
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.old(*args, **kwargs) + (
-            self.new(*args, **kwargs) - self.frozen(*args, **kwargs)
-        )
-
-
 def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
     """Every submodule's own ``reset_parameters()``, drawn from ``generator``."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
@@ -490,17 +461,20 @@ def _freeze(module: nn.Module) -> nn.Module:
 
 class PlasticityInjection(nn.Module):
     """Plasticity injection (Nikishin et al. 2023, "Deep reinforcement learning with plasticity
-    injection"): every ``every`` calls of :meth:`step`, the module ``head`` (its name in
-    ``net``) becomes ``old(x) + new(x) - frozen(x)``: the old head frozen, ``new`` a freshly
-    initialized copy (each submodule's ``reset_parameters``) that trains, ``frozen`` the same
-    fresh copy, frozen. The output is unchanged at the moment of injection; the new head's
-    parameters join ``opt`` as a new parameter group (the first group's hyperparameters).
+    injection"): every ``every`` calls of :meth:`step`, the output of the module ``head`` (its
+    name in ``net``) becomes ``head(x) + new(x) - frozen(x)``: ``head`` frozen, ``new`` a freshly
+    initialized copy of it (each submodule's ``reset_parameters``) that trains, ``frozen`` the
+    same fresh copy, frozen. The output is unchanged at the moment of injection (exactly:
+    ``new(x) - frozen(x)`` is 0 then). A later injection freezes the previous ``new`` too and
+    adds another pair. The new head's parameters join ``opt`` as a parameter group (the first
+    group's hyperparameters); they live in this module (:attr:`added`), not in the network, so
+    the network's parameter names never change.
 
-    The paper injects once, halfway through training; ``every`` = half the run does that.
-    Gradients keep flowing into the layers below the head (the paper's encoder keeps training).
-    ``state_dict()`` holds the count and the random state; a resumed run must first restore the
-    network's structure with :meth:`restore_structure` (the number of injections it holds) and
-    then load the network's state.
+    The paper injects once, halfway through training: ``every`` = half the run does that.
+    Gradients keep flowing into the layers below the head (the paper's encoder keeps
+    training). ``state_dict()`` holds the added heads, the counts and the random state; to
+    resume, build the method, call :meth:`restore_structure` with the saved count of
+    injections, then load the network, the optimizer and this module.
     """
 
     calls: Tensor
@@ -516,22 +490,29 @@ class PlasticityInjection(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        if not head:
+            raise ValueError("head must name a submodule (e.g. '2' or 'fc'), not the network")
         try:
-            net.get_submodule(head)
+            self._head = [net.get_submodule(head)]  # a list: the head is not this module's
         except AttributeError:
             names = ", ".join(name for name, _ in net.named_children())
             raise ValueError(
                 f"no module {head!r} in the network to inject into; its children are {names}"
             ) from None
-        if not head:
-            raise ValueError("head must name a submodule (e.g. '2' or 'fc'), not the network")
         self.every = _check_period("every", every)
         self.head = head
-        self._net = [net]  # not a child: the network's state is not the method's
         self.optimizer = opt
+        self.added = nn.ModuleList()
+        """The injected pairs, ``[new_1, frozen_1, new_2, frozen_2, ...]``."""
         self._generator = torch.Generator().manual_seed(_seed_or_draw(seed))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("injections", torch.zeros((), dtype=torch.int64))
+        self._hook = self._head[0].register_forward_hook(self._add_injected)
+
+    def _add_injected(self, _module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        for k in range(0, len(self.added), 2):
+            output = output + (self.added[k](*args) - self.added[k + 1](*args))
+        return output
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self._generator.get_state()}
@@ -550,34 +531,48 @@ class PlasticityInjection(nn.Module):
     @torch.no_grad()
     def inject(self) -> None:
         """Inject now."""
-        self._wrap(self._generator)
+        self._add_pair(self._generator)
         self.injections += 1
 
-    def _wrap(self, generator: torch.Generator | None) -> None:
-        net = self._net[0]
-        old = net.get_submodule(self.head)
-        new = copy.deepcopy(old)
+    def _add_pair(self, generator: torch.Generator | None) -> None:
+        head = self._head[0]
+        trained = [head, *(self.added[k] for k in range(0, len(self.added), 2))]
+        new = copy.deepcopy(head)
         if generator is not None:
             _reinitialize(new, generator)
+        for module in trained:
+            _freeze(module)
         for param in new.parameters():
             param.requires_grad_(True)
-        frozen = _freeze(copy.deepcopy(new))
-        _replace_module(net, self.head, InjectedHead(_freeze(old), new, frozen))
+        self.added.extend([new, _freeze(copy.deepcopy(new))])
         if self.optimizer is not None:
             group = {k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"}
             self.optimizer.add_param_group({**group, "params": list(new.parameters())})
 
     def restore_structure(self, injections: int) -> None:
-        """Wrap the head until it holds ``injections`` injections (before loading a saved
-        network's state; the weights come from that state)."""
-        while self._depth() < injections:
-            self._wrap(None)
+        """Add pairs until there are ``injections`` (before loading a saved state; the weights
+        come from that state)."""
+        while len(self.added) // 2 < injections:
+            self._add_pair(None)
 
-    def _depth(self) -> int:
-        depth, module = 0, self._net[0].get_submodule(self.head)
-        while isinstance(module, InjectedHead):
-            depth, module = depth + 1, module.old
-        return depth
+    def trainable(self) -> list[Tensor]:
+        """The parameters the injections added that train (the latest new head's)."""
+        return [p for p in self.added.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def folded_weight(self) -> Tensor:
+        """For a Linear head: the one weight it computes, ``W + sum (W_new - W_frozen)``."""
+        head = self._head[0]
+        if not isinstance(head, nn.Linear):
+            raise TypeError("folded_weight() folds a Linear head")
+        weight = head.weight.detach().clone()
+        for k in range(0, len(self.added), 2):
+            weight += self.added[k].weight - self.added[k + 1].weight  # type: ignore[operator]
+        return weight
+
+    def remove(self) -> None:
+        """Remove the forward hook from the head."""
+        self._hook.remove()
 
 
 # ------------------------------------------------------------------------------ resets
@@ -812,7 +807,6 @@ class ProximalFeatures(nn.Module):
 __all__ = [
     "METHODS",
     "CReLU",
-    "InjectedHead",
     "L2Init",
     "ParsevalRegularizer",
     "PlasticityInjection",

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from cbp_rl.discovery import find_hidden_layers
 from cbp_rl.methods import (
-    InjectedHead,
     L2Init,
     ParsevalRegularizer,
     PlasticityInjection,
@@ -269,7 +268,7 @@ class PerSeedLearner:
     def weights(self) -> list[Tensor]:
         """Each weight layer's effective weight, stacked ``[S, in, out]`` (an injected head
         counts as the one linear map it computes)."""
-        per_seed = [_effective_weights(seed.net) for seed in self._seeds]
+        per_seed = [_effective_weights(seed) for seed in self._seeds]
         return [torch.stack(layer) for layer in zip(*per_seed, strict=True)]
 
     @torch.no_grad()
@@ -313,7 +312,7 @@ class PerSeedLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (an injected network regrows its heads first)."""
+        """Restore :meth:`state_dict` (an injection regrows its heads first)."""
         if list(state["seeds"]) != self.seeds or state["method"] != self.method.name:
             raise ValueError(
                 f"state is for method {state['method']} and seeds {state['seeds']}; this learner "
@@ -322,10 +321,10 @@ class PerSeedLearner:
         for seed, net, opt, method in zip(
             self._seeds, state["nets"], state["optimizers"], state["methods"], strict=True
         ):
+            if isinstance(seed.method, PlasticityInjection):  # the injected heads first
+                seed.method.restore_structure(int(method["injections"]))
             if seed.method is not None:
                 seed.method.load_state_dict(method)
-            if isinstance(seed.method, PlasticityInjection):
-                seed.method.restore_structure(int(seed.method.injections))
             seed.net.load_state_dict(net)
             seed.optimizer.load_state_dict(opt)
         totals = state["totals"]
@@ -334,22 +333,14 @@ class PerSeedLearner:
         self.examples = int(totals["examples"])
 
 
-def _effective_weights(net: nn.Module) -> list[Tensor]:
-    """``[in, out]`` weights of the network's layers in order; an injected head is folded."""
-    weights = []
-    for module in net.children():
-        if isinstance(module, InjectedHead):
-            weights.append(_folded(module).t())
-        elif isinstance(module, nn.Linear):
-            weights.append(module.weight.detach().t())
+def _effective_weights(seed: _Seed) -> list[Tensor]:
+    """``[in, out]`` weights of the network's Linear layers in order (an injected head folded
+    into the one map it computes)."""
+    linears = [m for m in seed.net.children() if isinstance(m, nn.Linear)]
+    weights = [m.weight.detach().t() for m in linears]
+    if isinstance(seed.method, PlasticityInjection):
+        weights[-1] = seed.method.folded_weight().t()
     return weights
-
-
-def _folded(module: nn.Module) -> Tensor:
-    if isinstance(module, InjectedHead):
-        return _folded(module.old) + _folded(module.new) - _folded(module.frozen)
-    assert isinstance(module, nn.Linear)
-    return module.weight.detach()
 
 
 __all__ = ["AUTOGRAD_METHODS", "MethodSpec", "PerSeedLearner"]

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from cbp_rl.methods import (
     METHODS,
     CReLU,
-    InjectedHead,
     L2Init,
     ParsevalRegularizer,
     PlasticityInjection,
@@ -98,7 +97,11 @@ def test_crelu_doubles_the_next_layers_input_and_computes_both_halves() -> None:
     assert net[2].in_features == 16 and net[4].in_features == 12
     x = torch.randn(5, 4)
     h = net[0](x)
-    assert torch.equal(net[1](h), torch.cat([h.clamp_min(0), (-h).clamp_min(0)], -1))
+    both = net[1](h)
+    # interleaved: unit j's relu(x_j), relu(-x_j) are columns 2j, 2j + 1 of the next layer
+    assert torch.equal(both[:, 0::2], h.clamp_min(0)) and torch.equal(
+        both[:, 1::2], (-h).clamp_min(0)
+    )
     assert net(x).shape == (5, 3)
 
 
@@ -144,39 +147,56 @@ def test_layer_norm_goes_before_each_hidden_activation_of_any_network() -> None:
 # ---------------------------------------------------------------- plasticity injection
 def test_injection_leaves_the_output_unchanged_and_trains_only_the_new_head() -> None:
     net = mlp()
+    names = [name for name, _ in net.named_parameters()]
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     injection = PlasticityInjection(net, opt, head="4", every=2, seed=0)
     x = torch.randn(7, 4)
     before = net(x).detach()
     assert not injection.step() and injection.step()
-    head = net[4]
-    assert isinstance(head, InjectedHead)
     assert torch.equal(net(x), before)  # exactly: new(x) - frozen(x) is 0 at injection
-    assert not torch.equal(head.new.weight, head.old.weight)  # freshly initialized
-    assert all(not p.requires_grad for p in (*head.old.parameters(), *head.frozen.parameters()))
-    old_weight = head.old.weight.detach().clone()
+    new, frozen = injection.added
+    assert not torch.equal(new.weight, net[4].weight)  # freshly initialized
+    assert not net[4].weight.requires_grad and not frozen.weight.requires_grad
+    assert [name for name, _ in net.named_parameters()] == names  # the network is unchanged
+    old_weight = net[4].weight.detach().clone()
     opt.zero_grad()
     net(x).pow(2).mean().backward()
     opt.step()
-    assert torch.equal(head.old.weight, old_weight)
-    assert head.new.weight.grad is not None and net[0].weight.grad is not None
-    assert int(injection.injections) == 1
+    assert torch.equal(net[4].weight, old_weight) and net[0].weight.grad is not None
+    assert new.weight.grad is not None and not torch.equal(net(x), before)
+    folded = injection.folded_weight()
+    h = net[3](net[2](net[1](net[0](x))))
+    assert close(net(x), h @ folded.t() + net[4].bias + new.bias - frozen.bias)
+    # a second injection freezes the first new head and is output-preserving again
+    after = net(x).detach()
+    injection.inject()
+    assert torch.equal(net(x), after) and not new.weight.requires_grad
+    assert int(injection.injections) == 2 and len(opt.param_groups) == 3
 
 
 def test_injection_resume_restores_the_structure_then_the_weights() -> None:
     net = mlp()
-    injection = PlasticityInjection(net, None, head="4", every=1, seed=0)
+    opt = torch.optim.Adam(net.parameters())
+    injection = PlasticityInjection(net, opt, head="4", every=1, seed=0)
     injection.step()
-    saved_net, saved_method = copy.deepcopy(net.state_dict()), injection.state_dict()
-    fresh = mlp(seed=1)
-    restored = PlasticityInjection(fresh, None, head="4", every=1, seed=5)
-    restored.load_state_dict(saved_method)
-    restored.restore_structure(int(restored.injections))
-    fresh.load_state_dict(saved_net)
     x = torch.randn(3, 4)
+    net(x).sum().backward()
+    opt.step()
+    saved = copy.deepcopy((net.state_dict(), opt.state_dict(), injection.state_dict()))
+    fresh = mlp(seed=1)
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    restored = PlasticityInjection(fresh, fresh_opt, head="4", every=1, seed=5)
+    restored.restore_structure(int(saved[2]["injections"]))
+    fresh.load_state_dict(saved[0])
+    fresh_opt.load_state_dict(saved[1])
+    restored.load_state_dict(saved[2])
     assert torch.equal(fresh(x), net(x))
-    injection.step(), restored.step()
-    assert torch.equal(fresh(x), net(x))  # same random state: same second injection
+    for model, optimizer, method in ((net, opt, injection), (fresh, fresh_opt, restored)):
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+        method.step()
+    assert torch.equal(fresh(x), net(x))  # same optimizer and random state
 
 
 def test_injection_refuses_a_missing_head() -> None:
@@ -361,3 +381,23 @@ def test_upgd_resumes_exactly_and_refuses_bad_hyperparameters() -> None:
         UPGD(mlp().parameters(), beta_utility=1.0)
     with pytest.raises(ValueError, match="learning rate"):
         UPGD(mlp().parameters(), lr=0.0)
+
+
+def test_crelu_layers_are_units_for_cbp_and_the_measures() -> None:
+    from cbp_rl import ContinualBackprop
+    from cbp_rl.metrics import PlasticityProbe
+
+    net = use_crelu(mlp())
+    cbp = ContinualBackprop(net, replacement_rate=0.5, maturity_threshold=1, seed=0)
+    assert [layer.outputs_per_unit for layer in cbp.hidden_layers] == [2, 2]
+    traced = ContinualBackprop(use_crelu(mlp()), example_inputs=torch.zeros(1, 4))
+    assert [layer.name for layer in traced.hidden_layers] == ["0", "2"]
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        net(x)
+        cbp.step()
+    replaced = cbp.replacement_counts()
+    assert sum(replaced) > 0
+    net(x)
+    probe = PlasticityProbe(net)
+    assert probe.measure(x)  # the dead units and ranks of the CReLU layers

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl.methods import InjectedHead
+from cbp_rl.methods import PlasticityInjection
 from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec, PerSeedLearner
 from cbp_rl.supervised.command import main
 from cbp_rl.supervised.config import FieldMethodFlags, PermutedMNISTConfig
@@ -61,8 +61,8 @@ def test_injection_and_crelu_keep_the_measures_shapes() -> None:
     before = learner.weights[-1].clone()
     inputs = torch.rand(1, 5, 784)
     learner.train(inputs, torch.zeros(1, 5, dtype=torch.int64))
-    net = learner.to_module(0)
-    assert isinstance(net[-1], InjectedHead)
+    method = learner._seeds[0].method
+    assert isinstance(method, PlasticityInjection) and int(method.injections) == 1
     assert learner.weights[-1].shape == before.shape  # the injected head folded into one map
     crelu = PerSeedLearner(NET, LearnerSpec(), MethodSpec("crelu"), [0])
     assert [h.shape for h in crelu.hidden_activations(inputs)] == [(1, 5, 24)] * 2
