@@ -593,10 +593,11 @@ class SACAgent:
         loss = (alpha * sampled.log_prob - q).mean()
         optimizer = self.optimizers["actor"]
         optimizer.zero_grad(set_to_none=True)
-        # no gradient into the critics (the actor's parameters now: injection adds some)
-        (loss + self._penalty(("actor",))).backward(
-            inputs=list(self.actor.parameters())
-        )  # no gradient into the critics
+        # no gradient into the critics; the actor's trainable parameters now (an injection
+        # freezes some and adds others)
+        trainable = [p for p in self.actor.parameters() if p.requires_grad]
+        trainable += self.methods.trainable("actor")
+        (loss + self._penalty(("actor",))).backward(inputs=trainable)
         optimizer.step()
         replaced = self.methods.after_update("actor")
         log_prob = sampled.log_prob.detach()

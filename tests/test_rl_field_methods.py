@@ -104,7 +104,8 @@ def test_sac_takes_the_methods_and_refuses_pfo(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert sac_command.main(flags) == 0
     assert sac_command.main([*flags[:-2], "--pfo-coef", "1", "--run-dir", str(tmp_path / "x")]) == 2
-    injected = [*flags[:-2], "--injection-every", "5", "--run-dir", str(tmp_path / "y")]
+    plain = [f for f in flags[:-2] if f not in ("--regrama", "--regrama-period", "10")]
+    injected = [*plain, "--injection-every", "5", "--run-dir", str(tmp_path / "y")]
     assert sac_command.main(injected) == 2  # the critics' targets: --methods-on actor
     assert sac_command.main([*injected[:-2], "--methods-on", "actor", *injected[-2:]]) == 0
 
