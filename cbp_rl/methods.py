@@ -345,24 +345,16 @@ def _check_unshared(net: nn.Module, hidden: Sequence[HiddenLayer], what: str) ->
 
 def _widened(layer: WeightLayer, factor: int) -> WeightLayer:
     """A fresh layer of the same kind reading ``factor`` times the inputs (torch's default init)."""
+    wide = copy.deepcopy(layer)
     weight = layer.weight
-    kwargs = {"device": weight.device, "dtype": weight.dtype}
-    if isinstance(layer, nn.Linear):
-        return nn.Linear(
-            layer.in_features * factor, layer.out_features, bias=layer.bias is not None, **kwargs
-        )
-    conv = type(layer)
-    return conv(  # type: ignore[call-arg]
-        layer.in_channels * factor,
-        layer.out_channels,
-        layer.kernel_size,
-        stride=layer.stride,
-        padding=layer.padding,
-        dilation=layer.dilation,
-        bias=layer.bias is not None,
-        padding_mode=layer.padding_mode,
-        **kwargs,
-    )
+    shape = (weight.shape[0], weight.shape[1] * factor, *weight.shape[2:])
+    wide.weight = nn.Parameter(weight.new_empty(shape))
+    if isinstance(wide, nn.Linear):
+        wide.in_features *= factor
+    else:
+        wide.in_channels *= factor
+    wide.reset_parameters()
+    return wide
 
 
 def use_crelu(
@@ -430,11 +422,10 @@ def add_layer_norm(
             continue
         activation_name = _activation_name(net, layer, names, "add_layer_norm")
         weight = layer.incoming.weight
-        kwargs = {"device": weight.device, "dtype": weight.dtype}
         norm: nn.Module = (
-            nn.GroupNorm(1, layer.num_units, **kwargs)
+            nn.GroupNorm(1, layer.num_units, device=weight.device, dtype=weight.dtype)
             if layer.is_conv
-            else nn.LayerNorm(layer.num_units, **kwargs)
+            else nn.LayerNorm(layer.num_units, device=weight.device, dtype=weight.dtype)
         )
         assert layer.activation is not None
         _replace_module(net, activation_name, nn.Sequential(norm, layer.activation))

@@ -1,0 +1,112 @@
+"""Every plasticity method against backprop and CBP on the real digits, on one page.
+
+    python experiments/pmnist_methods_evidence.py --data-dir ../shared/data/mnist --jobs 8
+
+The setting of ``pmnist_evidence.py`` (784-100-100-100-10 ReLU, SGD step size 0.03, a new
+permutation every 2,000 examples, 100 tasks, the 10,000 real test digits), for bp, cbp, l2,
+snp, dropout, onlinenorm, redo (the batched engine) and l2init, crelu, layernorm, injection,
+reset, regrama, parseval, upgd (the per-seed autograd path), each learner in its own process.
+Writes under ``--out`` one run directory per learner, ``table.md`` (best 10-task block and last
+10 tasks, online accuracy, mean +- standard error over seeds; dead units, effective rank and
+weight magnitude at the last task-start measurement) and the figures of ``python -m
+cbp_rl.plot`` over all runs (online accuracy per task among them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from pmnist_evidence import BLOCK, block_means, config
+
+from cbp_rl.lab.plot import main as plot_main
+from cbp_rl.supervised.experiment import run
+from cbp_rl.supervised.results import load_results
+
+LEARNERS = (
+    "bp",
+    "cbp",
+    "l2",
+    "snp",
+    "dropout",
+    "onlinenorm",
+    "redo",
+    "l2init",
+    "crelu",
+    "layernorm",
+    "injection",
+    "reset",
+    "regrama",
+    "parseval",
+    "upgd",
+)
+
+
+def run_learner(learner: str, args: argparse.Namespace) -> float:
+    """Run one learner; returns its seconds."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    run(config(learner, args, args.out / learner), log=lambda _: None)
+    return time.perf_counter() - start
+
+
+def row(learner: str, run_dir: Path, seconds: float) -> str:
+    """One line of the table."""
+    results = load_results(run_dir)
+    blocks = 100 * block_means(results["accuracy"])
+    mean = blocks.mean(0)
+    stderr = blocks.std(0, ddof=1) / np.sqrt(len(blocks)) if len(blocks) > 1 else 0 * mean
+    best = int(np.argmax(mean))
+    measured = np.flatnonzero(np.isfinite(results["effective_rank"][0, :, -1]))
+    last = measured[-1]
+    dead = 100 * results["dead_units"][:, last].mean()
+    rank = results["effective_rank"][:, last, -1].mean()
+    magnitude = results["weight_magnitude_all"][:, last].mean()
+    return (
+        f"| {learner} | {mean[best]:.1f} ± {stderr[best]:.1f} | {mean[-1]:.1f} ± {stderr[-1]:.1f} "
+        f"| {dead:.1f} | {rank:.1f} | {magnitude:.4f} | {seconds:.0f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder with the IDX files")
+    parser.add_argument("--out", type=Path, default=Path("runs/pmnist-methods"))
+    parser.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS)
+    parser.add_argument("--jobs", type=int, default=4, help="learners running at once")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--examples-per-task", type=int, default=2000)
+    parser.add_argument("--width", type=int, default=100)
+    parser.add_argument("--step-size", type=float, default=0.03)
+    parser.add_argument("--magnitude-every", type=int, default=1)
+    args = parser.parse_args()
+    args.progress = False
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {name: pool.submit(run_learner, name, args) for name in args.learners}
+        seconds = {name: future.result() for name, future in futures.items()}
+    lines = [
+        f"online permuted MNIST, real digits: width {args.width}, step size {args.step_size}, "
+        f"{args.examples_per_task} examples per task, {args.tasks} tasks, {args.seeds} seeds",
+        "",
+        f"| learner | best {BLOCK}-task block (%) | last {BLOCK} tasks (%) | dead units (%) "
+        "| effective rank (last layer) | weight magnitude | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [row(name, args.out / name, seconds[name]) for name in args.learners]
+    text = "\n".join(lines)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    plot_main([*(str(args.out / name) for name in args.learners), "--out", str(args.out / "plots")])
+
+
+if __name__ == "__main__":
+    main()
