@@ -595,7 +595,7 @@ class SACAgent:
         optimizer.zero_grad(set_to_none=True)
         # no gradient into the critics; the actor's trainable parameters now (an injection
         # freezes some and adds others)
-        trainable = [p for p in self.actor.parameters() if p.requires_grad]
+        trainable: list[Tensor] = [p for p in self.actor.parameters() if p.requires_grad]
         trainable += self.methods.trainable("actor")
         (loss + self._penalty(("actor",))).backward(inputs=trainable)
         optimizer.step()
