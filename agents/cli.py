@@ -1,4 +1,5 @@
-"""Command-line parsing shared by the RL commands: tyro, presets, resume, exit codes.
+"""Command-line parsing shared by the RL commands: tyro, presets, resume, exit codes, and
+their :class:`~cbp_rl.run.command.Command` (:func:`rl_command`).
 
 ``parse_config`` reads flags into a frozen config dataclass. Defaults come, in order, from the run
 being resumed (``--resume DIR``: its ``config.json``), the preset named with ``--preset``, the
@@ -16,11 +17,22 @@ from typing import Any, TypeVar
 
 import tyro
 
-from cbp_rl.agents.config import config_from_dict
+from cbp_rl.agents.runner import METRIC, UNIT, budget
+from cbp_rl.envs.vector import check_env_id
 from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.command import Command, Cost, Measure, PolicyLoader
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import read_config
 
-__all__ = ["UsageError", "flag_value", "load_run_config", "parse_config", "run_command"]
+__all__ = [
+    "UsageError",
+    "flag_value",
+    "load_run_config",
+    "parse_config",
+    "rl_command",
+    "rl_cost",
+    "run_command",
+]
 
 C = TypeVar("C")
 
@@ -119,3 +131,52 @@ def run_command(
         print(f"error: {err}", file=sys.stderr)
         return 2
     return execute(prepared)
+
+
+def rl_command(
+    name: str,
+    summary: str,
+    *,
+    main: Callable[[list[str]], int],
+    parse: Callable[[Sequence[str]], Any],
+    config: type,
+    load_policy: PolicyLoader,
+) -> Command:
+    """The :class:`~cbp_rl.run.command.Command` of an RL command on the shared runner
+    (:mod:`cbp_rl.agents.runner`): the same run flags, budget and cost model."""
+    return Command(
+        name=name,
+        summary=summary,
+        main=main,
+        parse=parse,
+        config=config,
+        metric=METRIC,
+        unit=UNIT,
+        budget=budget,
+        budget_flags=("--total-steps",),
+        reserved=("seed", "run-dir", "runs-root", "resume", "resume-fallback"),
+        seed_flags=lambda seeds: ["--seed", str(seeds[0])],
+        resume_flags=lambda config: [
+            "--total-steps",
+            str(config.run.total_steps),
+            "--resume-fallback",
+        ],
+        cost=rl_cost,
+        check=_check_env,
+        load_policy=load_policy,
+    )
+
+
+def rl_cost(config: Any, total: int, units: int | None, measure: Measure) -> Cost:
+    """A run's cost from two short runs, ``units`` (default 10240) and 3 x ``units`` steps: the
+    slope is the cost per step, the rest a fixed cost."""
+    size = units or 10_240
+    c1, s1 = measure(["--total-steps", str(size)])
+    c2, s2 = measure(["--total-steps", str(3 * size)])
+    per_unit = max(0.0, (c2 - c1) / max(1, s2 - s1))
+    fixed = max(0.0, c1 - per_unit * s1)
+    return Cost(per_unit, 0.0, fixed, fixed + per_unit * total)
+
+
+def _check_env(config: Any) -> None:
+    check_env_id(config.run.env)

@@ -8,21 +8,18 @@ scientific notation on the command line (``--total-steps 1e8``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import tyro
 
-from cbp_rl.cbp import UtilityName
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
+from cbp_rl.run.cbp_flags import cbp_flags
 
 __all__ = [
     "FieldMethodSettings",
@@ -32,7 +29,6 @@ __all__ = [
     "OptimizerSettings",
     "RunSettings",
     "Steps",
-    "config_from_dict",
     "parse_steps",
 ]
 
@@ -91,9 +87,10 @@ class RunSettings:
     num_envs: int = 8
     """Sub-environments stepping in lockstep (the paper used 1; the batch size is what matters)."""
     vector_mode: VectorMode = "auto"
-    """sync (in process), async (a process per env), batched (envs per worker), auto."""
+    """sync (in process), async (a process per env), batched (envs per worker), auto; envpool:
+    EnvPool's C++ MuJoCo envs (pip install 'cbp_rl[envpool]'; no snapshots, see docs/envpool.md)."""
     num_workers: int = 0
-    """Worker processes of the batched vectorizer; 0 = one per CPU core (at most num_envs)."""
+    """Worker processes of batched (threads of envpool); 0 = one per CPU core (at most num_envs)."""
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N or auto. These small MLPs are fastest on the CPU."""
     torch_threads: int = 1
@@ -192,27 +189,26 @@ class OptimizerSettings:
         _non_negative("momentum", self.momentum)
 
 
+_CBPFlags = cbp_flags(
+    "CBPSettings",
+    defaults={"maturity_threshold": 10_000, "init": "auto"},
+    types={"init": CBPInit},
+    notes={
+        "maturity_threshold": "RL: steps are updates.",
+        "init": "Also ReDo's. auto: the network's (kaiming for orthogonal).",
+    },
+    omit=("bias_compensation",),
+)
+"""The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as the RL commands' flags."""
+
+
 @dataclass(frozen=True)
-class MethodSettings:
-    """Methods against loss of plasticity: continual backprop, ReDo, shrink and perturb
-    (L2 is --weight-decay)."""
+class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
+    """Methods against loss of plasticity: continual backprop (its hyperparameters are
+    :class:`cbp_rl.CBPConfig`'s), ReDo, shrink and perturb (L2 is --weight-decay)."""
 
     cbp: bool = False
     """Continual backprop on both networks after every update, on its forward pass."""
-    replacement_rate: float = 1e-4
-    """CBP: fraction of eligible units replaced per step (rr)."""
-    maturity_threshold: int = 10_000
-    """CBP: units older than this many updates are eligible (mt)."""
-    decay_rate: float = 0.99
-    """CBP: decay of the running utility and mean activation (eta)."""
-    utility: UtilityName = "contribution"
-    """CBP: utility measure."""
-    cbp_init: CBPInit = "auto"
-    """CBP/ReDo new-weight init; auto = the network's (kaiming for orthogonal)."""
-    accumulate: bool = False
-    """CBP: accumulate fractional replacements instead of replacing with probability."""
-    magnitude_every: int = 1
-    """CBP: updates between recomputations of the weight magnitudes in the utility (1 = exact)."""
     reset_optimizer_state: OptimizerReset = "auto"
     """Zero the optimizer state of replaced units: auto (resettable_adam only)."""
     redo: bool = False
@@ -327,52 +323,3 @@ class MeasureSettings:
         _non_negative("plasticity_every", self.plasticity_every)
         _positive("probe_size", self.probe_size)
         _non_negative("dormant_tau", self.dormant_tau)
-
-
-# --------------------------------------------------------------------------- from JSON
-
-
-T = TypeVar("T")
-
-
-def config_from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Rebuild a (nested) config dataclass from its ``to_jsonable`` form (e.g. config.json).
-
-    Lists become tuples where the field is a tuple, strings become paths where it is a path.
-    Raises ``ValueError`` naming unknown or missing fields (a config of another version).
-    """
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls} is not a dataclass")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"{where} has unknown field(s) {unknown}: it was written by another version of "
-            "cbp_rl; start a new run"
-        )
-    values = {}
-    for name, value in data.items():
-        values[name] = _convert(hints[name], value, f"{where}.{name}")
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Annotated:
-        return _convert(get_args(hint)[0], value, where)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be an object, got {value!r}")
-        return config_from_dict(hint, value, where=where)
-    if value is None:
-        return None
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if hint is Path:
-        return Path(value)
-    if origin is typing.Union or origin is types.UnionType:
-        members = [arg for arg in get_args(hint) if arg is not type(None)]
-        if len(members) == 1:
-            return _convert(members[0], value, where)
-    return value

@@ -1,14 +1,15 @@
 """Evaluation of a saved policy: deterministic actions, seeded episodes, the mean return.
 
-Works for every algorithm whose command module ``cbp_rl.agents.<algorithm>_command`` provides
-``load_policy(config, agent_state, description, device) -> act``, where ``act`` maps a batch of
-raw observations ``[N, obs_dim]`` to deterministic actions.
+Works for every algorithm whose command has a ``load_policy(config, agent_state, description,
+device) -> act`` (:attr:`cbp_rl.run.command.Command.load_policy`), where ``act`` maps a batch of
+raw observations ``[N, obs_dim]`` to deterministic actions; the caller passes how to find it
+(``python -m cbp_rl.evaluate``: the command registry, :mod:`cbp_rl.lab.commands`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from cbp_rl.envs.vector import describe_env, make_sub_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from cbp_rl.run.command import PolicyLoader
 from cbp_rl.run.runtime import resolve_device
 
 __all__ = ["EvaluationResult", "evaluate_run"]
@@ -51,6 +53,7 @@ def evaluate_run(
     *,
     episodes: int,
     seed: int,
+    policy_loader: Callable[[str], PolicyLoader],
     device: str = "cpu",
     checkpoint: Path | None = None,
 ) -> EvaluationResult:
@@ -68,10 +71,11 @@ def evaluate_run(
     state = _load(Path(run_dir), checkpoint)
     algorithm = state.get("algorithm")
     try:
-        module = importlib.import_module(f"cbp_rl.agents.{algorithm}_command")
-    except ImportError as err:
+        load_policy = policy_loader(str(algorithm))
+    except ValueError as err:
         raise CheckpointError(
-            f"was written by algorithm {algorithm!r}, which this installation cannot evaluate",
+            f"was written by algorithm {algorithm!r}, which this installation cannot evaluate "
+            f"({err})",
             run_dir,
         ) from err
     config = state["config"]
@@ -82,7 +86,7 @@ def evaluate_run(
         **sub_env_kwargs(env_id, 1),
     }
     description = describe_env(env_id, kwargs)
-    act = module.load_policy(config, state["agent"], description, resolve_device(device))
+    act = load_policy(config, state["agent"], description, resolve_device(device))
     env = make_sub_env(env_id, kwargs)
     try:
         schedules = state.get("env", {}).get("schedule_states")

@@ -1,11 +1,12 @@
-"""MLPs (the paper's initializations and CleanRL's orthogonal one) and optimizers for the agents."""
+"""MLPs (the paper's initializations and CleanRL's orthogonal one), optimizers and the diagonal
+Gaussian's density and entropy, for the agents."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from cbp_rl.agents.config import FieldMethodSettings, NetworkSettings, OptimizerSettings
@@ -13,7 +14,27 @@ from cbp_rl.methods import add_layer_norm, use_crelu
 from cbp_rl.nets import mlp
 from cbp_rl.optim import UPGD, make_optimizer
 
-__all__ = ["build_mlp", "build_optimizer", "replacement_init"]
+__all__ = [
+    "build_mlp",
+    "build_optimizer",
+    "gaussian_entropy",
+    "gaussian_log_prob",
+    "replacement_init",
+]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def gaussian_log_prob(noise: Tensor, log_std: Tensor) -> Tensor:
+    """``log N(mean + exp(log_std) * noise; mean, exp(log_std)^2)`` summed over the last
+    (action) dimension: the density from the standardized sample ``noise = (a - mean) / std``,
+    as both policies draw their actions."""
+    return -(0.5 * noise.square() + log_std + _LOG_SQRT_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian: ``sum(0.5 + log sqrt(2 pi) + log_std)``."""
+    return (0.5 + _LOG_SQRT_2PI + log_std).sum()
 
 
 def build_mlp(

@@ -8,10 +8,10 @@ that update's forward pass (:class:`~cbp_rl.agents.methods.PlasticityMethods`).
 
 One iteration (:meth:`PPOAgent.iterate`) is a rollout of ``batch_size`` steps over the
 sub-environments followed by ``update_epochs`` passes of ``num_minibatches`` minibatch updates.
-The pure pieces, :func:`compute_gae`, :func:`gaussian_log_prob` and :func:`ppo_loss`, are tested
-against hand computations. The update takes the loss head's gradient in closed form
-(:func:`policy_head`, :func:`value_head`, tested against autograd) and backpropagates it through
-the networks with autograd; the policy and the value network update in parallel threads.
+:func:`compute_gae` is tested against hand computations. The update takes the losses and their
+gradients at the heads in closed form (:func:`policy_head`, :func:`value_head`, tested against
+autograd of the same losses) and backpropagates them through the networks with autograd; the
+policy and the value network update in parallel threads.
 """
 
 from __future__ import annotations
@@ -38,42 +38,40 @@ from cbp_rl.agents.config import (
     RunSettings,
 )
 from cbp_rl.agents.methods import PlasticityMethods
-from cbp_rl.agents.networks import build_mlp, build_optimizer, replacement_init
+from cbp_rl.agents.networks import (
+    build_mlp,
+    build_optimizer,
+    gaussian_entropy,
+    gaussian_log_prob,
+    replacement_init,
+)
 from cbp_rl.agents.normalization import ObservationNormalizer, RewardScaler
 from cbp_rl.agents.runner import (
     AgentContext,
     Episode,
     Iteration,
-    derive_seed,
     episodes_from_infos,
 )
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.methods import ProximalFeatures
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
     "GaussianPolicy",
     "PPOAgent",
     "PPOConfig",
-    "PPOLoss",
     "PPOSettings",
     "PolicyBatch",
     "PolicyHead",
-    "Surrogate",
-    "clipped_surrogate",
     "compute_gae",
-    "gaussian_entropy",
-    "gaussian_log_prob",
     "policy_head",
-    "ppo_loss",
     "value_head",
-    "value_loss",
 ]
 
 PresetName = Literal["standard", "ns", "l2", "redo", "cbp", "cleanrl"]
 AdvantageNorm = Literal["batch", "minibatch", "off"]
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -191,17 +189,6 @@ class PPOConfig:
 # --------------------------------------------------------------------------- pure pieces
 
 
-def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
-    """``log N(actions; mean, exp(log_std)^2)`` summed over the action dimensions."""
-    z = (actions - mean) * torch.exp(-log_std)
-    return -(0.5 * z.square() + log_std + _LOG_SQRT_2PI).sum(-1)
-
-
-def gaussian_entropy(log_std: Tensor) -> Tensor:
-    """Entropy of a diagonal Gaussian: ``sum(0.5 + log sqrt(2 pi) + log_std)``."""
-    return (0.5 + _LOG_SQRT_2PI + log_std).sum()
-
-
 def compute_gae(
     rewards: Tensor,
     values: Tensor,
@@ -239,88 +226,6 @@ def compute_gae(
     return advantages_t, advantages_t + values
 
 
-class Surrogate(NamedTuple):
-    """The clipped surrogate loss of one minibatch and its diagnostics (detached)."""
-
-    loss: Tensor
-    approx_kl: Tensor
-    clip_fraction: Tensor
-
-
-def clipped_surrogate(
-    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *, clip_coef: float
-) -> Surrogate:
-    """``mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``, ``ratio = exp(lp - lp_old)``.
-
-    Diagnostics: ``approx_kl = mean((ratio - 1) - log ratio)`` (Schulman's k3 estimator of
-    KL(old || new)) and the fraction of ratios outside ``[1 - c, 1 + c]``.
-    """
-    log_ratio = log_prob - old_log_prob
-    ratio = log_ratio.exp()
-    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
-    loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
-    with torch.no_grad():
-        approx_kl = ((ratio - 1.0) - log_ratio).mean()
-        clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
-    return Surrogate(loss, approx_kl, clip_fraction)
-
-
-def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, *, clip_coef: float | None = None
-) -> Tensor:
-    """``mean((V - R)^2)``; with ``clip_coef``, CleanRL's clipped version
-    ``mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))``."""
-    squared = (values - returns).square()
-    if clip_coef is not None:
-        moved = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
-        squared = torch.max(squared, (moved - returns).square())
-    return squared.mean()
-
-
-class PPOLoss(NamedTuple):
-    """The loss of one minibatch and its parts (parts detached)."""
-
-    total: Tensor
-    policy: Tensor
-    value: Tensor
-    entropy: Tensor
-    approx_kl: Tensor
-    clip_fraction: Tensor
-
-
-def ppo_loss(
-    log_prob: Tensor,
-    old_log_prob: Tensor,
-    advantages: Tensor,
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
-    entropy: Tensor,
-    *,
-    clip_coef: float,
-    value_coef: float = 1.0,
-    entropy_coef: float = 0.0,
-    value_clip_coef: float | None = None,
-) -> PPOLoss:
-    """``surrogate + value_coef * value_loss - entropy_coef * entropy`` for one minibatch.
-
-    The policy's parameters get gradient only from the surrogate and the entropy, the value
-    network's only from the value loss, so the agent computes the two parts separately (and in
-    parallel); this function is their sum, for reference and tests.
-    """
-    surrogate = clipped_surrogate(log_prob, old_log_prob, advantages, clip_coef=clip_coef)
-    value = value_loss(values, old_values, returns, clip_coef=value_clip_coef)
-    total = surrogate.loss + value_coef * value - entropy_coef * entropy
-    return PPOLoss(
-        total,
-        surrogate.loss.detach(),
-        value.detach(),
-        entropy.detach(),
-        surrogate.approx_kl,
-        surrogate.clip_fraction,
-    )
-
-
 class PolicyHead(NamedTuple):
     """The policy loss of a minibatch, its gradients and diagnostics, computed without autograd."""
 
@@ -344,16 +249,20 @@ def policy_head(
     clip_coef: float,
     entropy_coef: float = 0.0,
 ) -> PolicyHead:
-    """``clipped_surrogate(gaussian_log_prob(mean, log_std, actions), ...) - entropy_coef *
-    gaussian_entropy(log_std)`` and its gradient with respect to ``mean`` and ``log_std``.
+    """PPO's clipped surrogate ``mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``,
+    ``ratio = exp(lp - lp_old)``, of the Gaussian policy ``N(mean, exp(log_std)^2)``, minus
+    ``entropy_coef`` times its entropy, and the gradient with respect to ``mean`` and
+    ``log_std``.
 
     The same derivative autograd takes (ties of the max and the clip bounds included), in a few
     tensor operations: with ``z = (a - mean) / std``, ``d lp / d mean = z / std`` and
-    ``d lp / d log_std = z^2 - 1``. Tested against autograd.
+    ``d lp / d log_std = z^2 - 1``. Tested against autograd. Diagnostics: ``approx_kl =
+    mean((ratio - 1) - log ratio)`` (Schulman's k3 estimator of KL(old || new)) and the fraction
+    of ratios outside ``[1 - c, 1 + c]``.
     """
     inverse_std = torch.exp(-log_std)
     z = (actions - mean) * inverse_std
-    log_prob = -(0.5 * z.square() + log_std + _LOG_SQRT_2PI).sum(-1)
+    log_prob = gaussian_log_prob(z, log_std)
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
     low, high = 1.0 - clip_coef, 1.0 + clip_coef
@@ -367,7 +276,7 @@ def policy_head(
     grad_log_prob = (-advantages * ratio * weight / len(ratio)).unsqueeze(-1)
     grad_mean = grad_log_prob * z * inverse_std
     grad_log_std = (grad_log_prob * (z.square() - 1.0)).sum(0) - entropy_coef
-    entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum()
+    entropy = gaussian_entropy(log_std)
     approx_kl = ((ratio - 1.0) - log_ratio).mean()
     clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
     stats = torch.stack([loss, entropy, approx_kl, clip_fraction])
@@ -383,8 +292,10 @@ def value_head(
     value_coef: float = 1.0,
     clip_coef: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``value_loss(...)`` and the gradient of ``value_coef * value_loss`` with respect to the
-    values, without autograd (the same derivative, ties included)."""
+    """The value loss ``mean((V - R)^2)`` (with ``clip_coef``, CleanRL's clipped version
+    ``mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))``) and the gradient of
+    ``value_coef`` times it with respect to the values, without autograd (the same derivative,
+    ties included)."""
     scale = 2.0 * value_coef / len(values)
     error = values - returns
     if clip_coef is None:
@@ -645,9 +556,7 @@ class PPOAgent:
         steps, num_envs = self.steps_per_env, self.num_envs
         device = self.device
         with torch.inference_mode():
-            log_probs = -(0.5 * rollout.noise.square() + self.policy.log_std + _LOG_SQRT_2PI).sum(
-                -1
-            )
+            log_probs = gaussian_log_prob(rollout.noise, self.policy.log_std)
             everything = torch.cat([buf.obs.reshape(self.batch_size, -1), rollout.last_obs])
             values_all = self.value(everything).squeeze(-1)
             values = values_all[: self.batch_size].reshape(steps, num_envs)

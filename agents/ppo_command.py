@@ -26,20 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbp_rl.agents.cli import parse_config, run_command
+from cbp_rl.agents.cli import parse_config, rl_command, run_command
 from cbp_rl.agents.config import (
     MethodSettings,
     NetworkSettings,
     OptimizerSettings,
     RunSettings,
-    config_from_dict,
 )
 from cbp_rl.agents.normalization import ObservationNormalizer
 from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOConfig, PPOSettings
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.envs.vector import EnvDescription
+from cbp_rl.run.configs import config_from_dict
 
-__all__ = ["PRESETS", "build_agent", "load_policy", "main", "parse"]
+__all__ = ["COMMAND", "PRESETS", "build_agent", "load_policy", "main", "parse"]
 
 ALGORITHM = "ppo"
 PROG = "python -m cbp_rl.train ppo"
@@ -164,3 +164,14 @@ def load_policy(
         return np.clip(actions, low, high) if clip else actions
 
     return act
+
+
+COMMAND = rl_command(
+    ALGORITHM,
+    "PPO (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
+    main=main,
+    parse=parse,
+    config=PPOConfig,
+    load_policy=load_policy,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""

@@ -21,8 +21,6 @@ resumed run continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import sys
 import time
 from collections import deque
@@ -35,6 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cbp_rl.envs.envpool_backend import (
+    ENVPOOL_MODE,
+    capture_pool_state,
+    envpool_make_kwargs,
+    is_envpool,
+    restore_pool_state,
+)
 from cbp_rl.envs.vector import (
     EnvDescription,
     capture_vector_state,
@@ -55,22 +60,43 @@ from cbp_rl.run.checkpoint import (
     to_jsonable,
 )
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
-from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device, seed_everything
+from cbp_rl.run.runtime import (
+    GracefulStop,
+    Progress,
+    cpu_count,
+    new_run_dir,
+    resolve_device,
+    seed_everything,
+)
+from cbp_rl.run.seeding import derive_seed
 
 if TYPE_CHECKING:
     from cbp_rl.agents.config import RunSettings
 
 __all__ = [
+    "METRIC",
+    "UNIT",
     "Agent",
     "AgentContext",
     "Episode",
     "Iteration",
     "PlasticityMonitor",
     "PreparedRun",
-    "derive_seed",
+    "budget",
     "episodes_from_infos",
     "prepare_run",
 ]
+
+METRIC = "return"
+"""The performance measure of an RL run: its episodes' returns."""
+UNIT = "steps"
+"""What an RL run's budget counts: environment steps, all sub-envs together."""
+
+
+def budget(config: Any) -> int:
+    """An RL run's budget in :data:`UNIT` (``--total-steps``)."""
+    return int(config.run.total_steps)
+
 
 RESUME_IGNORE_RUN = (
     "run.total_steps",
@@ -162,13 +188,6 @@ class Agent(Protocol):
         """Release threads or other resources (the run calls it at the end)."""
 
 
-def derive_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (``"env"``, ``"actions"``, ...), independent of the others."""
-    digest = hashlib.sha256(purpose.encode()).digest()
-    words = np.random.SeedSequence([seed, int.from_bytes(digest[:4], "little")])
-    return int(words.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
-
-
 def episodes_from_infos(infos: Mapping[str, Any], step: int) -> list[Episode]:
     """The episodes ``RecordEpisodeStatistics`` reports as finished in one vector step."""
     mask = infos.get("_episode")
@@ -256,6 +275,9 @@ def prepare_run(
     check_env_id(run.env)
     kwargs = {**env_kwargs(run), **sub_env_kwargs(run.env, run.num_envs)}
     description = describe_env(run.env, kwargs)
+    if run.vector_mode == ENVPOOL_MODE:
+        schedule = description.has_schedule or bool(description.logged_info_keys)
+        envpool_make_kwargs(run.env, kwargs, has_schedule=schedule)
     checkpoint = None
     if run.resume is not None:
         run_dir = Path(run.resume)
@@ -277,6 +299,7 @@ def prepare_run(
             ignore=tuple(resume_ignore),
             path=run_dir / CheckpointManager.FILENAME,
         )
+        _check_same_simulator(checkpoint, run.vector_mode, run_dir / CheckpointManager.FILENAME)
         if checkpoint["step"] >= run.total_steps:
             raise ValueError(
                 f"the run in {run_dir} is at step {checkpoint['step']}, at or past "
@@ -288,6 +311,21 @@ def prepare_run(
     return PreparedRun(
         algorithm, config, build_agent, description, device, run_dir, checkpoint, manager
     )
+
+
+def _check_same_simulator(checkpoint: dict[str, Any], vector_mode: str, path: Path) -> None:
+    """Refuse to resume a run on the other simulator: EnvPool's MuJoCo envs and Gymnasium's
+    are the same tasks but not the same numbers (the vector mode may change otherwise)."""
+    saved = checkpoint["config"]["run"]["vector_mode"]
+    if (saved == ENVPOOL_MODE) != (vector_mode == ENVPOOL_MODE):
+        raise CheckpointError(
+            f"was written with --vector-mode {saved}, which runs "
+            f"{'EnvPool' if saved == ENVPOOL_MODE else 'Gymnasium'}'s simulation, not "
+            f"--vector-mode {vector_mode}'s",
+            path,
+            f"resume it with --vector-mode {saved}"
+            + ("" if saved == ENVPOOL_MODE else " (or auto, sync, async, batched)"),
+        )
 
 
 def env_kwargs(run: RunSettings) -> dict[str, Any]:
@@ -336,7 +374,7 @@ class _Execution:
 
     def run(self) -> int:
         run = self.run_settings
-        torch.set_num_threads(run.torch_threads or _cpu_count())
+        torch.set_num_threads(run.torch_threads or cpu_count())
         seed_everything(run.seed)
         description = self.prepared.description
         envs = make_vector_env(
@@ -383,7 +421,11 @@ class _Execution:
                 resume_position=state["log_position"],
             )
         self.status = RunStatusWriter(
-            self.run_dir, command=prepared.algorithm, total=run.total_steps, metric="return"
+            self.run_dir,
+            command=prepared.algorithm,
+            total=budget(self.config),
+            unit=UNIT,
+            metric=METRIC,
         )
         print(
             f"{prepared.algorithm} on {run.env}: run directory {self.run_dir}"
@@ -497,18 +539,41 @@ class _Execution:
             "algorithm": self.prepared.algorithm,
             "config": _config_json(self.config),
             "agent": agent.state_dict(),
-            "env": capture_vector_state(envs, self.prepared.description),
+            "env": (
+                capture_pool_state(envs, self.prepared.description.env_id)
+                if is_envpool(envs)
+                else capture_vector_state(envs, self.prepared.description)
+            ),
             "rng": capture_rng_state(),
             "monitor": self.monitor.state_dict(),
             "runner": {"last_probe_step": self.last_probe_step},
             "log_position": logger.position(),
         }
 
+    def _restart_envpool_episodes(self, agent: Agent, envs: Any, state: dict[str, Any]) -> None:
+        """EnvPool has no state snapshot: the learner resumes exactly, the episodes restart."""
+        run, step = self.run_settings, state["step"]
+        observations = restore_pool_state(
+            envs, run.env, state["env"], derive_seed(run.seed, f"env@{step}")
+        )
+        agent.start(observations)
+        print(
+            f"note: resuming an EnvPool run at step {step}: the learner continues exactly, but "
+            f"EnvPool cannot save its simulations, so the {envs.num_envs} episodes in progress "
+            "were dropped and new ones start now (from seeded resets)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def _restore(self, agent: Agent, envs: Any, state: dict[str, Any]) -> None:
         run = self.run_settings
         try:
             agent.load_state_dict(state["agent"])
-            exact = restore_vector_state(envs, self.prepared.description, state["env"])
+            if is_envpool(envs):
+                self._restart_envpool_episodes(agent, envs, state)
+                exact = True  # restarted on purpose, said by its own note
+            else:
+                exact = restore_vector_state(envs, self.prepared.description, state["env"])
             self.monitor.load_state_dict(state["monitor"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(
@@ -526,9 +591,3 @@ class _Execution:
             agent.start(observations)
         self.last_probe_step = int(state["runner"]["last_probe_step"])
         restore_rng_state(state["rng"])
-
-
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)

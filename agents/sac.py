@@ -52,12 +52,13 @@ from cbp_rl.agents.config import (
     Steps,
 )
 from cbp_rl.agents.methods import PlasticityMethods
-from cbp_rl.agents.networks import build_mlp, build_optimizer, replacement_init
+from cbp_rl.agents.networks import build_mlp, build_optimizer, gaussian_log_prob, replacement_init
 from cbp_rl.agents.replay import ReplayBatch, ReplayBuffer
-from cbp_rl.agents.runner import AgentContext, Episode, Iteration, derive_seed, episodes_from_infos
+from cbp_rl.agents.runner import AgentContext, Episode, Iteration, episodes_from_infos
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
     "CRITICS",
@@ -75,7 +76,6 @@ PresetName = Literal["standard", "cbp"]
 MethodsOn = Literal["all", "critics", "actor"]
 NETWORKS = ("actor", "q1", "q2")
 CRITICS = ("q1", "q2")
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 _SATURATION_TOLERANCE = 0.01
 """A squashed action component within this of +-1 counts as saturated (|pre-tanh| > 2.65)."""
@@ -220,7 +220,7 @@ def squashed_gaussian_log_prob(noise: Tensor, log_std: Tensor, pre_tanh: Tensor)
     (``(u - mean) / std = noise``) and the Jacobian term in the overflow-free form
     ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``.
     """
-    gaussian = -(0.5 * noise.square() + log_std + _LOG_SQRT_2PI).sum(-1)
+    gaussian = gaussian_log_prob(noise, log_std)
     jacobian = 2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh)).sum(-1)
     return gaussian - jacobian
 

@@ -24,13 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from cbp_rl.agents.cli import parse_config, run_command
-from cbp_rl.agents.config import MethodSettings, config_from_dict
+from cbp_rl.agents.cli import parse_config, rl_command, run_command
+from cbp_rl.agents.config import MethodSettings
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.agents.sac import SACAgent, SACConfig, SquashedGaussianActor
 from cbp_rl.envs.vector import EnvDescription
+from cbp_rl.run.configs import config_from_dict
 
-__all__ = ["PRESETS", "RESUME_IGNORE", "build_agent", "load_policy", "main", "parse", "prepare"]
+__all__ = [
+    "COMMAND",
+    "PRESETS",
+    "RESUME_IGNORE",
+    "build_agent",
+    "load_policy",
+    "main",
+    "parse",
+    "prepare",
+]
 
 ALGORITHM = "sac"
 PROG = "python -m cbp_rl.train sac"
@@ -125,3 +135,14 @@ def load_policy(
         return result
 
     return act
+
+
+COMMAND = rl_command(
+    ALGORITHM,
+    "SAC (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
+    main=main,
+    parse=parse,
+    config=SACConfig,
+    load_policy=load_policy,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""

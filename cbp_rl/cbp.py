@@ -356,13 +356,20 @@ class GenerateAndTest(nn.Module):
     def _generate_and_test(
         self, activations: Sequence[Tensor], layouts: Sequence[UnitLayout]
     ) -> list[Replacement]:
-        per_unit = _PerUnitReducer(activations, self.lead, self.utility.dtype)
-        batch_mean = per_unit.mean()
-        if self._check_finite and not bool(torch.isfinite(batch_mean).all()):
-            self._raise_non_finite(activations)
+        buffers = self._buffers
+        utility = buffers["utility"]
+        assert utility is not None
+        per_unit = _PerUnitReducer(activations, self.lead, utility.dtype)
+        if self._check_finite:
+            if per_unit.examples == 0:  # other layers' empty batches give NaN means below
+                self._raise_bad_activations(activations)
+            batch_mean = per_unit.mean()
+            if not math.isfinite(batch_mean.sum().item()):  # one op, one sync
+                self._raise_bad_activations(activations)
+        else:
+            batch_mean = per_unit.mean()
         book = self._host()
         book.steps += 1
-        buffers = self._buffers
         age, correction = buffers["age"], buffers["bias_correction"]
         one, one_float = buffers["_one"], buffers["_one_float"]
         assert age is not None and correction is not None
@@ -372,10 +379,17 @@ class GenerateAndTest(nn.Module):
         self._update_utility(per_unit, batch_mean, layouts)
         return self._replace_units(layouts)
 
-    def _raise_non_finite(self, activations: Sequence[Tensor]) -> None:
+    def _raise_bad_activations(self, activations: Sequence[Tensor]) -> None:
+        empty = [str(i) for i, h in enumerate(activations) if h.shape[self.lead] == 0]
+        if empty:
+            raise ValueError(
+                f"empty activations (a batch of 0 examples) in hidden layer(s) "
+                f"{', '.join(empty)}: run the forward pass on at least one example before step()"
+            )
         bad = [str(i) for i, h in enumerate(activations) if not bool(torch.isfinite(h).all())]
+        where = ", ".join(bad) or "all (their sum overflows)"
         raise ValueError(
-            f"non-finite activations (NaN or inf) in hidden layer(s) {', '.join(bad)} at step "
+            f"non-finite activations (NaN or inf) in hidden layer(s) {where} at step "
             f"{self._host().steps + 1}: the network diverged before this step. Lower the step "
             "size or clip gradients; CBP cannot rank units on NaN"
         )
@@ -652,7 +666,7 @@ class _PerUnitReducer:
             activations = [h.to(dtype) for h in activations]
         self.activations = activations
         self.reduce = (lead, lead + 2)
-        examples = activations[0].shape[lead]
+        self.examples = examples = activations[0].shape[lead]
         self.single = examples == 1
         self.flat: Tensor | None = None
         if all(h.ndim == lead + 2 and h.shape[lead] == examples for h in activations):
@@ -1049,16 +1063,6 @@ class ContinualBackprop(GenerateAndTest):
         """Generate-and-test on the latest forward pass; returns the number of units replaced."""
         activations = self._recorder.latest()
         self._recorder.clear()
-        if any(h.shape[0] == 0 for h in activations):
-            empty = [
-                self.hidden_layers[i].name or str(i)
-                for i, h in enumerate(activations)
-                if h.shape[0] == 0
-            ]
-            raise ValueError(
-                f"empty activations (a batch of 0 examples) in hidden layer(s) "
-                f"{', '.join(empty)}: run the forward pass on at least one example before step()"
-            )
         layouts = self._layouts()
         self._follow_device(layouts)
         replaced = self.generate_and_test(activations, layouts)

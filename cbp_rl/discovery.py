@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from torch import Tensor, nn
 
-from cbp_rl.dataflow import Op, Trace, trace
+from cbp_rl.dataflow import ATOMIC_MODULES, Op, Trace, trace
 from cbp_rl.nets import make_activation
 from cbp_rl.units import (
     ACTIVATIONS,
@@ -43,6 +43,7 @@ from cbp_rl.units import (
     WeightLayer,
     check_weight_layer,
     norm_fits,
+    same_conv_kind,
 )
 
 ResidualStream = Literal["leave_out", "reference_chain"]
@@ -158,10 +159,16 @@ def _from_trace(net: nn.Module, graph: Trace) -> Discovery:
     names = {id(module): name for name, module in net.named_modules()}
     found: list[HiddenLayer] = []
     left_out: list[LeftOut] = []
+    atomic = [(n, m) for n, m in net.named_modules() if isinstance(m, ATOMIC_MODULES)]
     for name, module in net.named_modules():
         if isinstance(module, RECURRENT_LAYERS):
             left_out.append(LeftOut(name, "a recurrent layer: its units mix over time"))
         if not isinstance(module, WEIGHT_LAYERS):
+            continue
+        owner = next((n for n, _ in atomic if name.startswith(f"{n}.")), None)
+        if owner is not None:
+            kind = type(net.get_submodule(owner)).__name__
+            left_out.append(LeftOut(name, f"inside `{owner}` ({kind}), one operation as a whole"))
             continue
         result = _unit_path(module, graph, names)
         if isinstance(result, HiddenLayer):
@@ -347,7 +354,7 @@ class _Walk:
 
     def _reads_units(self, reader: WeightLayer, shape: tuple[int, ...]) -> bool:
         if isinstance(reader, CONV_LAYERS):
-            same_kind = type(reader) is type(self.module)
+            same_kind = same_conv_kind(reader, self.module)
             return self.conv and same_kind and len(shape) >= 2 and shape[1] == reader.in_channels
         if not self.conv:
             return reader.in_features == self.width
@@ -439,7 +446,7 @@ def _units_of(layer: WeightLayer) -> int:
 def _fits(incoming: WeightLayer, outgoing: WeightLayer, widening: int = 1) -> bool:
     units = _units_of(incoming)
     if isinstance(outgoing, CONV_LAYERS):
-        same = type(incoming) is type(outgoing) and outgoing.groups == 1
+        same = same_conv_kind(incoming, outgoing) and outgoing.groups == 1
         return same and widening == 1 and outgoing.in_channels == units
     if isinstance(incoming, nn.Linear):
         return outgoing.in_features == units * widening

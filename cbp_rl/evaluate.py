@@ -14,6 +14,7 @@ from pathlib import Path
 
 import tyro
 
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.runtime import quiet_superseded_env_notices
 
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parsed.run_dir,
             episodes=parsed.episodes,
             seed=parsed.seed,
+            policy_loader=COMMANDS.policy_loader,
             device=parsed.device,
             checkpoint=parsed.checkpoint,
         )

@@ -42,6 +42,7 @@ from cbp_rl.cbp import (
     reset_units_optimizer_state,
 )
 from cbp_rl.discovery import ExampleInputs, find_hidden_layers
+from cbp_rl.metrics import dormant_mask
 from cbp_rl.nets import CReLU, activation_gain, init_layer_, validate_init
 from cbp_rl.units import WEIGHT_LAYERS, ActivationRecorder, HiddenLayer, LayerSpec, WeightLayer
 
@@ -133,10 +134,7 @@ class ReDo(nn.Module):
         """Indices of the units of ``hidden`` (``[M, units(, P)]``) scoring at most threshold."""
         reduce = (0, 2) if hidden.ndim == 3 else (0,)
         activity = hidden.abs().mean(reduce)
-        layer_mean = activity.mean()
-        if layer_mean == 0:
-            return torch.arange(len(activity), device=activity.device)
-        return torch.nonzero(activity / layer_mean <= self.threshold).flatten()
+        return torch.nonzero(dormant_mask(activity, self.threshold)).flatten()
 
     def remove(self) -> None:
         """Detach from the network (removes the forward hooks)."""

@@ -106,19 +106,24 @@ def unit_mean_abs(activations: Tensor) -> Tensor:
     return _as_units_3d(activations).abs().to(torch.float64).mean(dim=(0, 2))
 
 
-def dormant_ratio(activations: Tensor, tau: float = 0.0) -> float:
-    """ReDo dormant ratio: the fraction of units with ``a_j / mean_k a_k <= tau``.
+def dormant_mask(activity: Tensor, tau: float) -> Tensor:
+    """ReDo's test (Sokar et al. 2023): which units have ``a_j / mean_k a_k <= tau``.
 
-    ``a_j = mean_{M,P} |h_j|`` (Sokar et al. 2023). When ``mean_k a_k = 0`` every unit is dormant.
+    ``activity`` holds each unit's mean absolute activation ``a_j`` along its last dimension
+    (``[units]``, or ``[seeds, units]`` for a batch of layers, each tested on its own mean).
+    When a layer's mean ``mean_k a_k`` is 0 every unit of it is dormant.
     """
+    layer_mean = activity.mean(-1, keepdim=True)
+    return (activity / layer_mean <= tau) | (layer_mean == 0)
+
+
+def dormant_ratio(activations: Tensor, tau: float = 0.0) -> float:
+    """ReDo dormant ratio: the fraction of units with ``a_j / mean_k a_k <= tau``
+    (:func:`dormant_mask`), ``a_j = mean_{M,P} |h_j|``."""
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     per_unit = unit_mean_abs(activations)
-    layer_mean = per_unit.mean()
-    if layer_mean.item() == 0.0:
-        return 1.0
-    dormant = per_unit / layer_mean <= tau
-    return float(dormant.sum().item()) / per_unit.numel()
+    return float(dormant_mask(per_unit, tau).sum().item()) / per_unit.numel()
 
 
 # --- rank measures -------------------------------------------------------------------------------

@@ -1,55 +1,23 @@
 """``python -m cbp_rl.train COMMAND [FLAGS]``: the training commands of cbp_rl.
 
-Each command lives in its own module, imported only when asked for, and exposes
-``main(argv: list[str]) -> int`` (parsing its own flags with tyro). ``--help`` after a command
-lists that command's flags.
+The commands are those of the registry :mod:`cbp_rl.lab.commands` (each module imported only
+when asked for; see there for adding one). ``--help`` after a command lists that command's
+flags.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
 
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.runtime import quiet_superseded_env_notices
-
-
-class Command(NamedTuple):
-    module: str
-    summary: str
-
-
-COMMANDS: dict[str, Command] = {
-    "ppo": Command(
-        "cbp_rl.agents.ppo_command",
-        "PPO (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
-    ),
-    "sac": Command(
-        "cbp_rl.agents.sac_command",
-        "SAC (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
-    ),
-    "pmnist": Command(
-        "cbp_rl.supervised.command",
-        "online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
-    ),
-}
-
-
-def available_commands() -> dict[str, Command]:
-    """The commands whose module is installed."""
-    return {
-        name: command
-        for name, command in COMMANDS.items()
-        if importlib.util.find_spec(command.module) is not None
-    }
 
 
 def usage() -> str:
     lines = ["usage: python -m cbp_rl.train COMMAND [FLAGS]   (COMMAND --help for its flags)", ""]
     lines.append("commands:")
-    for name, command in available_commands().items():
+    for name, command in COMMANDS.items():
         lines.append(f"  {name:<8} {command.summary}")
     return "\n".join(lines)
 
@@ -62,13 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0 if args else 2
     name, rest = args[0], args[1:]
-    commands = available_commands()
-    if name not in commands:
+    if name not in COMMANDS:
         print(f"unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(commands[name].module)
-    result: int = module.main(rest)
-    return result
+    return COMMANDS[name].main(rest)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,8 @@ class HiddenLayer:
         where = f"hidden layer {self.name or '?'}"
         for role, layer in (("incoming", self.incoming), ("outgoing", self.outgoing)):
             check_weight_layer(layer, f"{where}: the {role} layer")
-        if isinstance(self.outgoing, CONV_LAYERS) and type(self.incoming) is not type(
-            self.outgoing
+        if isinstance(self.outgoing, CONV_LAYERS) and not same_conv_kind(
+            self.incoming, self.outgoing
         ):
             raise TypeError(
                 f"{where}: a {type(self.incoming).__name__} cannot feed a "
@@ -157,6 +157,13 @@ class HiddenLayer:
         if isinstance(self.outgoing, nn.Linear) and self.outputs_per_unit > 1:
             weight = weight.view(weight.shape[0], self.num_units, self.outputs_per_unit)
         return weight, 1
+
+
+def same_conv_kind(first: nn.Module, second: nn.Module) -> bool:
+    """Whether both are convolutions over the same number of spatial dimensions."""
+    if not (isinstance(first, CONV_LAYERS) and isinstance(second, CONV_LAYERS)):
+        return False
+    return len(first.kernel_size) == len(second.kernel_size)
 
 
 def check_weight_layer(layer: object, what: str) -> None:

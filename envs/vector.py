@@ -15,6 +15,9 @@ identical results for the same seeds:
   A MuJoCo step (~0.25-0.4 ms) is too short to pay a round trip each; with a few envs per worker
   the round trip is paid once per batch.
 
+A fourth mode, ``envpool`` (:mod:`cbp_rl.envs.envpool_backend`), runs EnvPool's C++ envs for the
+stationary Gymnasium MuJoCo ids with these semantics, but its own numbers and no snapshots.
+
 Every sub-environment is wrapped in :class:`ExactSnapshot`, whose ``snapshot`` property holds what
 continues it exactly: the MuJoCo ``MjData`` (all of it: state, warm start and the derived
 quantities the env reads, such as body positions), the env's random generator and the time-limit
@@ -47,7 +50,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
-VectorMode = Literal["auto", "sync", "async", "batched"]
+VectorMode = Literal["auto", "sync", "async", "batched", "envpool"]
 VECTOR_MODES: tuple[str, ...] = get_args(VectorMode)
 
 __all__ = [
@@ -353,6 +356,8 @@ def resolve_vector_mode(mode: str, num_envs: int, num_workers: int = 0) -> tuple
         mode = "batched" if num_envs > 1 and cores > 1 else "sync"
     if mode == "async":
         return mode, num_envs
+    if mode == "envpool":  # threads, not processes: cbp_rl.envs.envpool_backend
+        return mode, min(num_envs, num_workers or cores)
     if mode == "batched":
         return mode, min(num_envs, num_workers or cores)
     return mode, 0
@@ -373,7 +378,8 @@ def make_vector_env(
     Args:
         env_id: a registered Gymnasium id (see :func:`describe_env` to validate it first).
         num_envs: sub-environments stepping in lockstep.
-        mode: ``sync``, ``async``, ``batched`` or ``auto`` (see :func:`resolve_vector_mode`).
+        mode: ``sync``, ``async``, ``batched`` or ``auto`` (see :func:`resolve_vector_mode`), or
+            ``envpool`` (:mod:`cbp_rl.envs.envpool_backend`; ``num_workers`` are its threads).
         num_workers: worker processes of the batched vectorizer (0 = one per CPU core).
         env_kwargs: extra keyword arguments for ``gym.make``; ``num_envs`` is added when the
             env declares it (ENV_PROTOCOL point 2).
@@ -386,6 +392,10 @@ def make_vector_env(
         (sub-env ``i`` gets ``s + i``).
     """
     mode, workers = resolve_vector_mode(mode, num_envs, num_workers)
+    if mode == "envpool":
+        from cbp_rl.envs.envpool_backend import make_envpool_vector_env
+
+        return make_envpool_vector_env(env_id, num_envs, num_threads=workers, env_kwargs=env_kwargs)
     kwargs = {**(env_kwargs or {}), **sub_env_kwargs(env_id, num_envs)}
     fns = [functools.partial(make_sub_env, env_id, kwargs) for _ in range(num_envs)]
     envs: VectorEnv

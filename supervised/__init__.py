@@ -13,7 +13,7 @@
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner, LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNorm1d, OnlineNormConfig
-from cbp_rl.supervised.stream import PermutedTasks, derive_seed
+from cbp_rl.supervised.stream import PermutedTasks, stream_seed
 
 __all__ = [
     "BatchedLearner",
@@ -24,6 +24,6 @@ __all__ = [
     "OnlineNormConfig",
     "PermutedTasks",
     "ReDoSpec",
-    "derive_seed",
     "load_images",
+    "stream_seed",
 ]

@@ -31,7 +31,7 @@ from cbp_rl.methods import (
 )
 from cbp_rl.optim import UPGD
 from cbp_rl.supervised.engine import WINDOW_EXAMPLES, BatchedLearner, LearnerSpec, NetworkSpec
-from cbp_rl.supervised.stream import derive_seed
+from cbp_rl.supervised.stream import stream_seed
 
 AutogradMethodName = Literal[
     "l2init", "crelu", "layernorm", "injection", "reset", "regrama", "parseval", "upgd"
@@ -90,7 +90,7 @@ class _Seed:
         self.net = net
         self.spec = spec
         self.activation_names = _hidden_activation_names(net)
-        method_seed = derive_seed(seed, "method")
+        method_seed = stream_seed(seed, "method")
         if spec.name == "crelu":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(method_seed)  # the widened layers' fresh initialization

@@ -18,10 +18,12 @@ from pathlib import Path
 import tyro
 
 from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.command import Command, Cost, Measure
+from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.logging import CONFIG_FILE
-from cbp_rl.supervised.config import PermutedMNISTConfig, from_dict
+from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import run
+from cbp_rl.supervised.experiment import COMMAND_NAME, METRIC, UNIT, budget, run
 
 PROG = "python -m cbp_rl.train pmnist"
 
@@ -47,7 +49,7 @@ def saved_config(run_dir: Path) -> PermutedMNISTConfig:
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
     try:
-        config: PermutedMNISTConfig = from_dict(PermutedMNISTConfig, values)
+        config = config_from_dict(PermutedMNISTConfig, values)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
             f"config.json does not describe a pmnist run: {err}", path, "check the directory"
@@ -86,6 +88,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0 if summary.tasks_done or summary.stopped else 1
+
+
+def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
+    """A run's cost from three short runs: 1 task of ``units`` (default 1000) and of
+    2 x ``units`` examples, and 2 tasks of ``units`` (slope per example, cost per task start).
+
+    The task-start probe takes min(probe_examples, examples per task) examples: the short runs
+    probe as many as the real run (``units`` is at least that), so its cost lands in per_task
+    only.
+    """
+    probe = min(config.measures.probe_examples, config.examples_per_task)
+    size = max(units or 1000, probe)
+
+    def short_run(tasks: int, examples: int) -> float:
+        flags = ["--tasks", str(tasks), "--examples-per-task", str(examples)]
+        seconds, _ = measure([*flags, "--probe-examples", str(probe)])
+        return seconds
+
+    c1, c2, c3 = short_run(1, size), short_run(1, 2 * size), short_run(2, size)
+    per_unit = max(0.0, (c2 - c1) / size)
+    per_task = max(0.0, c3 - c2)
+    fixed = max(0.0, c1 - per_unit * size - per_task)
+    return Cost(per_unit, per_task, fixed, fixed + per_unit * total + per_task * config.tasks)
+
+
+COMMAND = Command(
+    name=COMMAND_NAME,
+    summary="online permuted MNIST: backprop, L2, shrink-and-perturb, ..., continual backprop",
+    main=main,
+    parse=parse,
+    config=PermutedMNISTConfig,
+    metric=METRIC,
+    unit=UNIT,
+    budget=budget,
+    budget_flags=("--tasks",),
+    reserved=("seed", "seeds", "run-dir", "resume"),
+    seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
+    resume_flags=lambda config: ["--tasks", str(config.tasks)],
+    cost=cost,
+    batches_seeds=True,
+)
+"""This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 
 
 if __name__ == "__main__":

@@ -7,15 +7,13 @@ see :data:`LEARNER_DEFAULTS`).
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from cbp_rl.cbp import CBPConfig, UtilityName
+from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import validate_init
+from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
@@ -177,42 +175,28 @@ class ReDoConfig:
     """Zero the Adam moments of reinitialized units (with --optimizer adam)."""
 
 
-@dataclass(frozen=True)
-class CBPFlags:
-    """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest."""
+_CBPHyperparameters = cbp_flags(
+    "CBPHyperparameters",
+    defaults={"utility": "adaptable_contribution", "accumulate": True},
+    types={"init": Literal["kaiming", "lecun", "xavier", "default"]},
+    notes={
+        "replacement_rate": "The thesis: 1e-4; also 1e-5, 1e-6.",
+        "magnitude_every": "10 is much faster on wide nets and learns the same.",
+    },
+)
+"""The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as pmnist's flags."""
 
-    replacement_rate: float = 1e-4
-    """Fraction of eligible units replaced per step (the thesis: 1e-4; also 1e-5, 1e-6)."""
-    maturity_threshold: int = 100
-    """Units older than this many steps are eligible."""
-    decay_rate: float = 0.99
-    """Decay of the running utility and mean activation."""
-    utility: UtilityName = "adaptable_contribution"
-    """Utility measure (permuted MNIST: adaptable_contribution)."""
-    accumulate: bool = True
-    """Accumulate fractional replacements over steps (permuted MNIST) instead of drawing."""
-    magnitude_every: int = 1
-    """Steps between recomputations of the utility's weight magnitudes; 1 is exact, 10 is much
-    faster on wide nets and learns the same."""
-    bias_compensation: bool = False
-    """Add a replaced unit's mean contribution to the next bias (the reference's intended but
-    no-op step)."""
-    cbp_init: Literal["kaiming", "lecun", "xavier", "default"] = "kaiming"
-    """Distribution of replaced units' new incoming weights."""
+
+@dataclass(frozen=True)
+class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
+    """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest; its hyperparameters
+    are :class:`cbp_rl.CBPConfig`'s."""
+
     cbp_reset_optimizer: bool = True
     """Zero the Adam state of replaced units (with --optimizer adam; the reference's AdamGnT)."""
 
     def to_cbp_config(self) -> CBPConfig:
-        return CBPConfig(
-            replacement_rate=self.replacement_rate,
-            maturity_threshold=self.maturity_threshold,
-            decay_rate=self.decay_rate,
-            utility=self.utility,
-            init=self.cbp_init,
-            accumulate=self.accumulate,
-            bias_compensation=self.bias_compensation,
-            magnitude_every=self.magnitude_every,
-        )
+        return to_cbp_config(self)
 
 
 @dataclass(frozen=True)
@@ -428,35 +412,9 @@ RESUMABLE_CHANGES = ("tasks", "run", "data.data_dir", "data.download")
 """Config fields a resumed run may change (dotted names); everything else must match."""
 
 
-def from_dict(cls: type[Any], values: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from its ``to_jsonable`` dict (``config.json``)."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        value, kind = values[f.name], hints[f.name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = from_dict(kind, value)  # type: ignore[arg-type]
-        elif value is not None and _is_path(kind):
-            value = Path(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def _is_path(kind: Any) -> bool:
-    if kind is Path:
-        return True
-    origin = typing.get_origin(kind)
-    if origin is typing.Union or origin is types.UnionType:
-        return Path in typing.get_args(kind)
-    return False
-
-
 __all__ = [
     "LEARNER_DEFAULTS",
     "LEARNER_NAMES",
     "RESUMABLE_CHANGES",
     "PermutedMNISTConfig",
-    "from_dict",
 ]

@@ -6,7 +6,7 @@ one ``baddbmm`` for all seeds and the SGD update of a batch-1 step is one in-pla
 (the ``[S, out, in]`` / column-vector layout was five times slower in a probe).
 
 Every learner of the thesis's chapter 4 runs here, each seed with its own random streams
-(:func:`cbp_rl.supervised.stream.derive_seed`), so seed ``s`` of a batched run computes what a
+(:func:`cbp_rl.supervised.stream.stream_seed`), so seed ``s`` of a batched run computes what a
 single run with seed ``s`` computes:
 
 * SGD (backprop), with coupled L2 weight decay (``l2``), or Adam (``adam``);
@@ -38,14 +38,14 @@ from torch import Tensor, nn
 
 from cbp_rl.cbp import CBPConfig, GenerateAndTest, Replacement, UnitLayout, reinit_units
 from cbp_rl.methods import ShrinkAndPerturb
+from cbp_rl.metrics import dormant_mask
 from cbp_rl.nets import activation_gain, init_bound, make_activation, validate_init
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.supervised import onlinenorm
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.onlinenorm import NormCache, NormState, OnlineNorm1d, OnlineNormConfig
-from cbp_rl.supervised.stream import derive_seed, generators_for
+from cbp_rl.supervised.stream import generators_for, stream_seed
 
-_NO_GRAD = torch.no_grad()
 OPTIMIZERS = ("sgd", "adam")
 WINDOW_EXAMPLES = 256
 """At most this many examples per window (the first layer's window products are [S, n, n])."""
@@ -278,6 +278,68 @@ class PendingUpdates:
         self.inputs[seed, : self.count, units] = 0.0
 
 
+class BatchedReDo:
+    """ReDo's state for S stacked seeds, as :class:`~cbp_rl.cbp.GenerateAndTest` is CBP's.
+
+    Each step adds the batch's absolute hidden activations per unit; every ``period``-th step
+    the units whose mean (since the last test) passes :func:`~cbp_rl.metrics.dormant_mask` are
+    reinitialized, each seed from its own ``redo`` stream.
+    """
+
+    def __init__(
+        self, seeds: Sequence[int], width: int, depth: int, *, device: torch.device
+    ) -> None:
+        self.generators = generators_for(seeds, "redo")
+        self.activity = [
+            torch.zeros(len(seeds), width, device=device, dtype=torch.float64) for _ in range(depth)
+        ]
+        """Per hidden layer, ``[S, width]``: the summed ``|h_j|`` since the last test."""
+        self.examples = 0
+        """Examples the activity sums hold."""
+        self.calls = 0
+        """Steps taken."""
+        self.reinitialized = torch.zeros(len(seeds), depth, dtype=torch.int64)
+        """Units reinitialized so far, ``[S, depth]``."""
+
+    def step(
+        self, hidden: Sequence[Tensor], spec: ReDoSpec, layouts: Sequence[UnitLayout]
+    ) -> list[Replacement] | None:
+        """Count one step of hidden activations ``[S, B, width]`` per layer; on every
+        ``spec.period``-th, reinitialize the dormant units and return them (else ``None``)."""
+        for activity, h in zip(self.activity, hidden, strict=True):
+            activity.add_(h.abs().sum(1))
+        self.examples += hidden[0].shape[1]
+        self.calls += 1
+        if self.calls % spec.period:
+            return None
+        replaced = []
+        for layer, activity in enumerate(self.activity):
+            for s, units in enumerate(dormant_units(activity / self.examples, spec.threshold)):
+                if len(units):
+                    reinit_units(layouts[layer], units, self.generators[s], s)
+                    self.reinitialized[s, layer] += len(units)
+                    replaced.append(Replacement(layer, s, units))
+            activity.zero_()
+        self.examples = 0
+        return replaced
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "activity": self.activity,
+            "examples": self.examples,
+            "calls": self.calls,
+            "reinitialized": self.reinitialized,
+            "generators": [torch_generator_state(g) for g in self.generators],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _copy_into(self.activity, state["activity"], "redo.activity")
+        self.examples, self.calls = int(state["examples"]), int(state["calls"])
+        self.reinitialized.copy_(state["reinitialized"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            restore_torch_generator(generator, saved)
+
+
 class BatchedLearner:
     """S seeds of one learner on one stacked MLP.
 
@@ -352,7 +414,7 @@ class BatchedLearner:
                 self._seed_views(s),
                 noise_std=learner.noise_std,
                 shrink=learner.shrink,
-                seed=derive_seed(seed, "noise"),
+                seed=stream_seed(seed, "noise"),
             )
             for s, seed in enumerate(self.seeds)
             if learner.perturbs
@@ -364,19 +426,12 @@ class BatchedLearner:
             self.cbp = GenerateAndTest(
                 [network.width] * self.depth,
                 learner.cbp,
-                seeds=[derive_seed(s, "cbp") for s in self.seeds],
+                seeds=[stream_seed(s, "cbp") for s in self.seeds],
                 num_seeds=self.num_seeds,
                 device=self.device,
                 dtype=dtype,
             )
-        self.redo_generators = generators_for(self.seeds, "redo")
-        self.redo_activity = [
-            torch.zeros(self.num_seeds, network.width, device=self.device, dtype=torch.float64)
-            for _ in range(self.depth)
-        ]
-        self.redo_examples = 0
-        self.redo_calls = 0
-        self.redo_reinitialized = torch.zeros(self.num_seeds, self.depth, dtype=torch.int64)
+        self.redo = BatchedReDo(self.seeds, network.width, self.depth, device=self.device)
         self.correct = torch.zeros(self.num_seeds, dtype=torch.int64, device=self.device)
         self.loss_sum = torch.zeros(self.num_seeds, dtype=torch.float64, device=self.device)
         self.examples = 0
@@ -482,7 +537,7 @@ class BatchedLearner:
                 f"{batch_size}; got {tuple(inputs.shape)} and {tuple(labels.shape)}"
             )
         span = self.window_steps(batch_size) * batch_size
-        with _NO_GRAD:
+        with torch.no_grad():
             for start in range(0, count, span):
                 stop = min(count, start + span)
                 self._window(inputs[:, start:stop], labels[:, start:stop], batch_size)
@@ -603,7 +658,9 @@ class BatchedLearner:
         if self.cbp is not None:
             self._cbp_step(hidden)
         if learner.redo is not None:
-            self._redo_step(hidden, learner.redo)
+            replaced = self.redo.step(hidden, learner.redo, self.layouts)
+            if replaced is not None:
+                self._after_reinit(replaced, reset=learner.redo.reset_optimizer)
 
     def _cbp_step(self, hidden: list[Tensor]) -> None:
         assert self.cbp is not None
@@ -692,27 +749,9 @@ class BatchedLearner:
         return (draws >= p).to(device=self.device, dtype=self.dtype).mul_(1.0 / (1.0 - p))
 
     # ---------------------------------------------------------------------- reinitialization
-    def _redo_step(self, hidden: Sequence[Tensor], spec: ReDoSpec) -> None:
-        for activity, h in zip(self.redo_activity, hidden, strict=True):
-            activity.add_(h.abs().sum(1))
-        self.redo_examples += hidden[0].shape[1]
-        self.redo_calls += 1
-        if self.redo_calls % spec.period:
-            return
-        replaced = []
-        for layer, activity in enumerate(self.redo_activity):
-            for s, units in enumerate(dormant_units(activity / self.redo_examples, spec.threshold)):
-                if len(units):
-                    reinit_units(self.layouts[layer], units, self.redo_generators[s], s)
-                    self.redo_reinitialized[s, layer] += len(units)
-                    replaced.append(Replacement(layer, s, units))
-            activity.zero_()
-        self.redo_examples = 0
-        self._after_reinit(replaced, reset=spec.reset_optimizer)
-
     def replacements(self) -> Tensor:
         """Units reinitialized so far by CBP and ReDo, ``[S, depth]`` (int64, CPU)."""
-        total = self.redo_reinitialized.clone()
+        total = self.redo.reinitialized.clone()
         if self.cbp is not None:
             total += self.cbp.replacements.cpu()
         return total
@@ -722,12 +761,12 @@ class BatchedLearner:
         """Each hidden layer's activations ``[S, M, width]`` on ``inputs`` ``[S, M, in]``, in
         evaluation mode (no dropout; online normalization with its current statistics).
         ``seeds`` selects a range of the stacked seeds (``inputs`` then holds only those)."""
-        with _NO_GRAD:
+        with torch.no_grad():
             return self._evaluate(inputs, seeds)[0]
 
     def predict(self, inputs: Tensor, seeds: slice = slice(None)) -> Tensor:
         """Logits ``[S, M, outputs]`` in evaluation mode."""
-        with _NO_GRAD:
+        with torch.no_grad():
             return self._evaluate(inputs, seeds)[1]
 
     def _evaluate(self, inputs: Tensor, seeds: slice) -> tuple[list[Tensor], Tensor]:
@@ -792,13 +831,7 @@ class BatchedLearner:
             "norm_states": [list(s) for s in self.norm_states],
             "dropout_generators": [torch_generator_state(g) for g in self.dropout_generators],
             "perturbers": [p.state_dict() for p in self.perturbers],
-            "redo": {
-                "activity": self.redo_activity,
-                "examples": self.redo_examples,
-                "calls": self.redo_calls,
-                "reinitialized": self.redo_reinitialized,
-                "generators": [torch_generator_state(g) for g in self.redo_generators],
-            },
+            "redo": self.redo.state_dict(),
             "totals": {
                 "correct": self.correct,
                 "loss_sum": self.loss_sum,
@@ -828,12 +861,7 @@ class BatchedLearner:
             restore_torch_generator(generator, saved)
         for perturber, saved in zip(self.perturbers, state["perturbers"], strict=True):
             perturber.load_state_dict(saved)
-        redo = state["redo"]
-        _copy_into(self.redo_activity, redo["activity"], "redo.activity")
-        self.redo_examples, self.redo_calls = int(redo["examples"]), int(redo["calls"])
-        self.redo_reinitialized.copy_(redo["reinitialized"])
-        for generator, saved in zip(self.redo_generators, redo["generators"], strict=True):
-            restore_torch_generator(generator, saved)
+        self.redo.load_state_dict(state["redo"])
         totals = state["totals"]
         self.correct.copy_(totals["correct"])
         self.loss_sum.copy_(totals["loss_sum"])
@@ -847,9 +875,7 @@ class BatchedLearner:
 def dormant_units(activity: Tensor, threshold: float) -> list[Tensor]:
     """ReDo's test per seed: units with ``a_j / mean_k a_k <= threshold`` (all when the mean
     is 0), from the mean absolute activations ``activity`` ``[S, units]``."""
-    layer_mean = activity.mean(-1, keepdim=True)
-    dormant = (activity / layer_mean <= threshold) | (layer_mean == 0)
-    return [torch.nonzero(row).flatten() for row in dormant]
+    return [torch.nonzero(row).flatten() for row in dormant_mask(activity, threshold)]
 
 
 def _copy_into(targets: Sequence[Tensor], sources: Sequence[Tensor], name: str) -> None:
@@ -866,6 +892,7 @@ def _copy_into(targets: Sequence[Tensor], sources: Sequence[Tensor], name: str) 
 __all__ = [
     "BatchedAdam",
     "BatchedLearner",
+    "BatchedReDo",
     "LearnerSpec",
     "NetworkSpec",
     "ReDoSpec",

@@ -44,6 +44,19 @@ from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.results import RunResults
 from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
 
+COMMAND_NAME = "pmnist"
+"""The command of these runs, ``python -m cbp_rl.train pmnist``."""
+METRIC = "accuracy"
+"""The performance measure: online accuracy, per task."""
+UNIT = "examples"
+"""What a run's budget counts."""
+
+
+def budget(config: PermutedMNISTConfig) -> int:
+    """A run's budget in :data:`UNIT`: every task's examples."""
+    return config.tasks * config.examples_per_task
+
+
 CHUNK_STEPS = 256
 """Updates whose inputs are gathered at once (chunks start at fixed offsets in a task, so a
 resumed run feeds the engine tensors of the same layout)."""
@@ -118,9 +131,8 @@ class PermutedMNISTRun:
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
         self.loggers: list[RunLogger] = []
-        total = config.tasks * config.examples_per_task
         self.status = RunStatusWriter(
-            run_dir, command="pmnist", total=total, unit="examples", metric="accuracy"
+            run_dir, command=COMMAND_NAME, total=budget(config), unit=UNIT, metric=METRIC
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -362,7 +374,7 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
             f"{experiment.position:,} of {config.examples_per_task:,}"
         )
         return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / "pmnist", config.label())
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / COMMAND_NAME, config.label())
     experiment = PermutedMNISTRun(config, images, Path(run_dir))
     experiment.open_logs()
     return experiment
@@ -391,7 +403,7 @@ def run(
 
 def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
     experiment = prepare(config, log)
-    total = config.tasks * config.examples_per_task
+    total = budget(config)
     limit = total if stop_at_examples is None else min(total, stop_at_examples)
     try:
         with (

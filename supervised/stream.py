@@ -12,33 +12,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.seeding import derive_seed
 
 STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo", "method")
-"""Named random streams of one seed; each gets its own generator seeded by :func:`derive_seed`."""
+"""Named random streams of one seed; each gets its own generator seeded by :func:`stream_seed`."""
 
 
-def derive_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for one random ``stream`` of run seed ``seed``.
-
-    ``np.random.SeedSequence`` mixes the run seed with the stream's index, so streams never
-    share draws and a run's stream does not depend on how many seeds run beside it.
-    """
+def stream_seed(seed: int, stream: str) -> int:
+    """The 63-bit seed of one random ``stream`` of run seed ``seed``: the numbered stream
+    ``STREAMS.index(stream)`` of :func:`cbp_rl.run.seeding.derive_seed`, so streams never share
+    draws and a run's stream does not depend on how many seeds run beside it."""
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; known: {', '.join(STREAMS)}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seeds must be non-negative integers, got {seed!r}")
-    state = np.random.SeedSequence(seed, spawn_key=(STREAMS.index(stream),)).generate_state(2)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+    return derive_seed(seed, STREAMS.index(stream))
 
 
 def generators_for(seeds: Sequence[int], stream: str) -> list[torch.Generator]:
     """One CPU generator per seed for ``stream``."""
-    return [torch.Generator().manual_seed(derive_seed(s, stream)) for s in seeds]
+    return [torch.Generator().manual_seed(stream_seed(s, stream)) for s in seeds]
 
 
 class TaskPlan(NamedTuple):
@@ -114,4 +109,4 @@ class PermutedTasks:
             restore_torch_generator(generator, generator_state)
 
 
-__all__ = ["STREAMS", "PermutedTasks", "TaskPlan", "derive_seed", "generators_for"]
+__all__ = ["STREAMS", "PermutedTasks", "TaskPlan", "generators_for", "stream_seed"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_ppo_runs import same, train, training_state
+from helpers import same, train_ppo, training_state
 
 from cbp_rl.run.logging import read_scalars
 
@@ -29,9 +29,9 @@ def frictions(run: Path) -> list[tuple[int, float]]:
 
 def test_slippery_ant_logs_friction_and_resumes_on_the_same_schedule(tmp_path: Path) -> None:
     full, half = tmp_path / "full", tmp_path / "half"
-    assert train(*FLAGS, "--seed", "3", "--total-steps", "1536", "--run-dir", str(full)) == 0
-    assert train(*FLAGS, "--seed", "3", "--total-steps", "768", "--run-dir", str(half)) == 0
-    assert train("--resume", str(half), "--total-steps", "1536") == 0
+    assert train_ppo(*FLAGS, "--seed", "3", "--total-steps", "1536", "--run-dir", str(full)) == 0
+    assert train_ppo(*FLAGS, "--seed", "3", "--total-steps", "768", "--run-dir", str(half)) == 0
+    assert train_ppo("--resume", str(half), "--total-steps", "1536") == 0
 
     logged = frictions(full)
     assert [step for step, _ in logged] == [256, 512, 768, 1024, 1280, 1536]
@@ -50,7 +50,7 @@ def test_slippery_ant_logs_friction_and_resumes_on_the_same_schedule(tmp_path: P
 
 def test_another_seed_sees_another_friction_sequence(tmp_path: Path) -> None:
     run = tmp_path / "seed4"
-    assert train(*FLAGS, "--seed", "4", "--total-steps", "512", "--run-dir", str(run)) == 0
+    assert train_ppo(*FLAGS, "--seed", "4", "--total-steps", "512", "--run-dir", str(run)) == 0
     other = tmp_path / "seed5"
-    assert train(*FLAGS, "--seed", "5", "--total-steps", "512", "--run-dir", str(other)) == 0
+    assert train_ppo(*FLAGS, "--seed", "5", "--total-steps", "512", "--run-dir", str(other)) == 0
     assert [v for _, v in frictions(run)] != [v for _, v in frictions(other)]

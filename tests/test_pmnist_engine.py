@@ -25,7 +25,7 @@ from cbp_rl.supervised.engine import (
     dormant_units,
 )
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
-from cbp_rl.supervised.stream import derive_seed
+from cbp_rl.supervised.stream import stream_seed
 
 NET = NetworkSpec(width=16, depth=2)
 CBP = CBPConfig(
@@ -145,7 +145,7 @@ def test_dropout_equals_autograd_with_the_same_masks() -> None:
     engine = BatchedLearner(NET, LearnerSpec(step_size=0.05, dropout=p), seeds=[4])
     net = engine.to_module(0)
     linears = [m for m in net if isinstance(m, nn.Linear)]
-    generator = torch.Generator().manual_seed(derive_seed(4, "dropout"))
+    generator = torch.Generator().manual_seed(stream_seed(4, "dropout"))
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
 
     def forward(x: torch.Tensor, _: int) -> torch.Tensor:
@@ -170,7 +170,7 @@ def test_shrink_and_perturb_is_the_module() -> None:
     for linear in (m for m in net if isinstance(m, nn.Linear)):
         views += [linear.weight.t(), linear.bias.view(1, -1)]  # the engine's [in, out] layout
     perturb = ShrinkAndPerturb(
-        [nn.Parameter(v) for v in views], noise_std=1e-3, shrink=0.999, seed=derive_seed(5, "noise")
+        [nn.Parameter(v) for v in views], noise_std=1e-3, shrink=0.999, seed=stream_seed(5, "noise")
     )
     inputs, labels = data(30)
     engine.train(inputs, labels)
@@ -200,7 +200,7 @@ def test_cbp_is_continual_backprop(
         if optimizer == "sgd"
         else ResettableAdam(net.parameters(), lr=lr)
     )
-    cbp = ContinualBackprop(net, opt, **dataclasses.asdict(config), seed=derive_seed(3, "cbp"))
+    cbp = ContinualBackprop(net, opt, **dataclasses.asdict(config), seed=stream_seed(3, "cbp"))
     inputs, labels = data(200, batch)
     engine.train(inputs, labels, batch_size=batch)
     autograd_run(net, opt, inputs, labels, batch, after_step=[cbp])
@@ -226,11 +226,11 @@ def test_redo_scores_like_the_module_and_reinitializes() -> None:
         engine.biases[0][1, 0, :4] = -1e3
     inputs, labels = data(25, seeds=2)
     engine.train(inputs[:, :10], labels[:, :10])  # the 10th step checks and reinitializes
-    assert engine.redo_reinitialized[1, 0] >= 4
+    assert engine.redo.reinitialized[1, 0] >= 4
     assert torch.all(engine.biases[0][1, 0, :4] == 0)  # reinitialized: zero bias
     assert torch.all(engine.weights[1][1, :4] == 0)  # ... and zero outgoing weights
     engine.train(inputs[:, 10:], labels[:, 10:])
-    assert engine.redo_calls == 25 and engine.redo_examples == 5
+    assert engine.redo.calls == 25 and engine.redo.examples == 5
 
 
 LEARNERS = {
@@ -264,7 +264,7 @@ def test_batched_seeds_equal_single_seeds(name: str) -> None:
 def test_seeds_differ_and_initialization_is_nets_init() -> None:
     engine = BatchedLearner(NetworkSpec(width=8, depth=1), LearnerSpec(), seeds=[0, 1])
     assert not torch.equal(engine.weights[0][0], engine.weights[0][1])
-    generator = torch.Generator().manual_seed(derive_seed(1, "init"))
+    generator = torch.Generator().manual_seed(stream_seed(1, "init"))
     for index, (fan_in, fan_out, gain) in enumerate([(784, 8, 2**0.5), (8, 10, 1.0)]):
         layer = nn.Linear(fan_in, fan_out)
         init_layer_(layer, "kaiming", gain, generator=generator)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl.supervised.stream import STREAMS, PermutedTasks, derive_seed
+from cbp_rl.supervised.stream import STREAMS, PermutedTasks, stream_seed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -70,9 +70,9 @@ def test_stream_state_round_trip() -> None:
 
 
 def test_derived_seeds_are_distinct_and_stable() -> None:
-    values = {derive_seed(s, name) for s in range(20) for name in STREAMS}
+    values = {stream_seed(s, name) for s in range(20) for name in STREAMS}
     assert len(values) == 20 * len(STREAMS)
-    assert derive_seed(7, "cbp") == derive_seed(7, "cbp")
-    assert 0 <= derive_seed(7, "cbp") < 2**63
+    assert stream_seed(7, "cbp") == stream_seed(7, "cbp")
+    assert 0 <= stream_seed(7, "cbp") < 2**63
     with pytest.raises(ValueError, match="random stream"):
-        derive_seed(0, "weights")
+        stream_seed(0, "weights")

@@ -8,6 +8,7 @@ import pytest
 
 from cbp_rl.agents import ppo_command
 from cbp_rl.agents.evaluation import evaluate_run
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.logging import read_scalars
 
 
@@ -32,5 +33,5 @@ def test_ppo_balances_the_inverted_pendulum(tmp_path: Path, cbp: bool) -> None:
     assert ppo_command.main(argv) == 0
     returns = [value for _, value in read_scalars(run)["charts/episodic_return"]]
     assert max(returns[:20]) < 200  # it starts out falling quickly
-    result = evaluate_run(run, episodes=5, seed=0)
+    result = evaluate_run(run, episodes=5, seed=0, policy_loader=COMMANDS.policy_loader)
     assert result.mean_return >= 900, result.summary()

@@ -1,22 +1,112 @@
-"""PPO's pure pieces against hand computations: GAE, the losses, the Gaussian policy."""
+"""PPO's pieces against hand computations: GAE, the losses, the Gaussian policy; the closed-form
+loss heads PPO trains with against autograd of the same losses (written out here, checked
+against hand computations)."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
+from torch import Tensor
 
-from cbp_rl.agents.ppo import (
-    clipped_surrogate,
-    compute_gae,
-    gaussian_entropy,
-    gaussian_log_prob,
-    policy_head,
-    ppo_loss,
-    value_head,
-    value_loss,
-)
+from cbp_rl.agents import networks
+from cbp_rl.agents.networks import gaussian_entropy
+from cbp_rl.agents.ppo import compute_gae, policy_head, value_head
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
+    """The agents' Gaussian log-density, of the actions rather than of the standardized noise."""
+    return networks.gaussian_log_prob((actions - mean) * torch.exp(-log_std), log_std)
+
+
+# --------------------------------------------------------------------------- autograd references
+
+
+class Surrogate(NamedTuple):
+    """The clipped surrogate loss of one minibatch and its diagnostics (detached)."""
+
+    loss: Tensor
+    approx_kl: Tensor
+    clip_fraction: Tensor
+
+
+def clipped_surrogate(
+    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *, clip_coef: float
+) -> Surrogate:
+    """``mean(max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)))``, ``ratio = exp(lp - lp_old)``.
+
+    Diagnostics: ``approx_kl = mean((ratio - 1) - log ratio)`` (Schulman's k3 estimator of
+    KL(old || new)) and the fraction of ratios outside ``[1 - c, 1 + c]``.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return Surrogate(loss, approx_kl, clip_fraction)
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, *, clip_coef: float | None = None
+) -> Tensor:
+    """``mean((V - R)^2)``; with ``clip_coef``, CleanRL's clipped version
+    ``mean(max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2))``."""
+    squared = (values - returns).square()
+    if clip_coef is not None:
+        moved = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+        squared = torch.max(squared, (moved - returns).square())
+    return squared.mean()
+
+
+class PPOLoss(NamedTuple):
+    """The loss of one minibatch and its parts (parts detached)."""
+
+    total: Tensor
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor
+    approx_kl: Tensor
+    clip_fraction: Tensor
+
+
+def ppo_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    entropy: Tensor,
+    *,
+    clip_coef: float,
+    value_coef: float = 1.0,
+    entropy_coef: float = 0.0,
+    value_clip_coef: float | None = None,
+) -> PPOLoss:
+    """``surrogate + value_coef * value_loss - entropy_coef * entropy`` for one minibatch.
+
+    The policy's parameters get gradient only from the surrogate and the entropy, the value
+    network's only from the value loss, so the agent computes the two parts separately (and in
+    parallel); this function is their sum, for reference and tests.
+    """
+    surrogate = clipped_surrogate(log_prob, old_log_prob, advantages, clip_coef=clip_coef)
+    value = value_loss(values, old_values, returns, clip_coef=value_clip_coef)
+    total = surrogate.loss + value_coef * value - entropy_coef * entropy
+    return PPOLoss(
+        total,
+        surrogate.loss.detach(),
+        value.detach(),
+        entropy.detach(),
+        surrogate.approx_kl,
+        surrogate.clip_fraction,
+    )
+
+
+# --------------------------------------------------------------------------- tests
 
 GAMMA, LAMBDA = 0.9, 0.8
 

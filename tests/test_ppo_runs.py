@@ -14,14 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import torch
+from helpers import plasticity_tags, same, train_ppo, training_state
 
 from cbp_rl import evaluate
-from cbp_rl.agents import ppo_command
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 
@@ -38,67 +35,12 @@ SMALL = [
 ]  # fmt: skip
 
 
-def train(*argv: str) -> int:
-    return ppo_command.main(list(argv))
-
-
-def same(a: Any, b: Any, where: str = "state") -> None:
-    """Assert two checkpoint states are equal, tensors and arrays bit for bit (NaN equal NaN)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-LAYER_MEASURES = (
-    "dead_units",
-    "dormant",
-    "effective_rank",
-    "rank99",
-    "stable_rank",
-    "weight_magnitude",
-    "weight_change",
-    "grad_norm",
-    "replacements",
-)
-"""Per-hidden-layer plasticity tags every RL command logs, written out here on purpose."""
-
-
-def plasticity_tags(nets: tuple[str, ...], *, hidden_layers: int) -> list[str]:
-    """``plasticity/<net>/<measure>/<layer>`` for every net, measure and hidden layer."""
-    return [
-        f"plasticity/{net}/{measure}/{layer}"
-        for net in nets
-        for measure in LAYER_MEASURES
-        for layer in range(hidden_layers)
-    ]
-
-
-def training_state(run_dir: Path) -> dict[str, Any]:
-    """What training produced: the agent and the envs (without the MjData bytes, which also hold
-    scratch memory), from the run's checkpoint."""
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    for snapshot in state["env"]["snapshots"]:
-        snapshot.pop("mujoco_data")
-    return {"step": state["step"], "agent": state["agent"], "env": state["env"]}
-
-
 # --------------------------------------------------------------------------- smoke
 
 
 def test_cli_smoke_run_on_ant_writes_event_files_with_every_metric(tmp_path: Path) -> None:
     run = tmp_path / "ant"
-    code = train(
+    code = train_ppo(
         "--env", "Ant-v4", "--cbp",
         "--total-steps", "2048",
         "--num-envs", "2",
@@ -160,9 +102,9 @@ def test_seeded_runs_are_identical_and_resume_exactly_in_every_vector_mode(
     for mode in ("sync", "batched", "async"):
         full, half = tmp_path / f"{mode}-full", tmp_path / f"{mode}-half"
         mode_flags = [*flags, "--vector-mode", mode]
-        assert train(*mode_flags, "--total-steps", "1024", "--run-dir", str(full)) == 0
-        assert train(*mode_flags, "--total-steps", "512", "--run-dir", str(half)) == 0
-        assert train("--resume", str(half), "--total-steps", "1024") == 0
+        assert train_ppo(*mode_flags, "--total-steps", "1024", "--run-dir", str(full)) == 0
+        assert train_ppo(*mode_flags, "--total-steps", "512", "--run-dir", str(half)) == 0
+        assert train_ppo("--resume", str(half), "--total-steps", "1024") == 0
         finals[mode] = training_state(full)
         same(finals[mode], training_state(half), f"{mode} resumed")
         # the resumed run's logs continue the interrupted ones: one value per step
@@ -170,7 +112,7 @@ def test_seeded_runs_are_identical_and_resume_exactly_in_every_vector_mode(
         assert [s for s, _ in scalars["train/value_loss"]] == [256, 512, 768, 1024]
     again = tmp_path / "sync-again"
     assert (
-        train(*flags, "--vector-mode", "sync", "--total-steps", "1024", "--run-dir", str(again))
+        train_ppo(*flags, "--vector-mode", "sync", "--total-steps", "1024", "--run-dir", str(again))
         == 0
     )
     same(finals["sync"], training_state(again), "second seeded run")
@@ -193,12 +135,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(tmp_path: Path) -
         "--plasticity-every", "0",
     ]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert train(*flags, "--run-dir", str(full)) == 0
+    assert train_ppo(*flags, "--run-dir", str(full)) == 0
     shutil.copytree(full, killed)
     os.replace(killed / "checkpoint.prev.pt", killed / "checkpoint.pt")
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 512
     # how the envs run and how the update is threaded may change on resume: same numbers
-    assert train("--resume", str(killed), "--vector-mode", "batched", "--no-parallel-update") == 0
+    assert (
+        train_ppo("--resume", str(killed), "--vector-mode", "batched", "--no-parallel-update") == 0
+    )
     a, b = training_state(full), training_state(killed)
     same(a, b)
     assert a["agent"]["obs_normalizer"] is not None and a["agent"]["reward_scaler"] is not None
@@ -211,8 +155,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_exactly(tmp_path: Path) -
 def test_parallel_and_sequential_updates_give_the_same_numbers(tmp_path: Path) -> None:
     flags = [*SMALL, "--cbp", "--maturity-threshold", "10", "--total-steps", "512"]
     flags += ["--vector-mode", "sync", "--plasticity-every", "0"]
-    assert train(*flags, "--run-dir", str(tmp_path / "parallel")) == 0
-    assert train(*flags, "--no-parallel-update", "--run-dir", str(tmp_path / "sequential")) == 0
+    assert train_ppo(*flags, "--run-dir", str(tmp_path / "parallel")) == 0
+    assert train_ppo(*flags, "--no-parallel-update", "--run-dir", str(tmp_path / "sequential")) == 0
     same(training_state(tmp_path / "parallel"), training_state(tmp_path / "sequential"))
 
 
@@ -245,7 +189,7 @@ def test_a_signal_mid_run_writes_a_checkpoint_and_the_run_resumes(
     assert f"stopped by {sig.name} at step" in stderr
     step = load_checkpoint(run / "checkpoint.pt")["step"]
     assert step >= 1024 and step % 256 == 0
-    assert train("--resume", str(run), "--total-steps", str(step + 256)) == 0
+    assert train_ppo("--resume", str(run), "--total-steps", str(step + 256)) == 0
     assert load_checkpoint(run / "checkpoint.pt")["step"] == step + 256
 
 
@@ -269,9 +213,9 @@ def test_env_schedules_are_logged_checkpointed_and_restored(tmp_path: Path) -> N
         "--no-progress",
     ]  # fmt: skip
     full, half = tmp_path / "full", tmp_path / "half"
-    assert train(*flags, "--total-steps", "1536", "--run-dir", str(full)) == 0
-    assert train(*flags, "--total-steps", "768", "--run-dir", str(half)) == 0
-    assert train("--resume", str(half), "--total-steps", "1536") == 0
+    assert train_ppo(*flags, "--total-steps", "1536", "--run-dir", str(full)) == 0
+    assert train_ppo(*flags, "--total-steps", "768", "--run-dir", str(half)) == 0
+    assert train_ppo("--resume", str(half), "--total-steps", "1536") == 0
     a, b = training_state(full), training_state(half)
     same(a, b)
     schedules = a["env"]["schedule_states"]
@@ -289,7 +233,7 @@ def test_env_schedules_are_logged_checkpointed_and_restored(tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    code = train(*SMALL, "--total-steps", "512", "--vector-mode", "sync", "--run-dir", str(run))
+    code = train_ppo(*SMALL, "--total-steps", "512", "--vector-mode", "sync", "--run-dir", str(run))
     assert code == 0
     return run
 
@@ -318,7 +262,7 @@ def test_resume_with_other_training_settings_is_refused(
     trained_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = (trained_run / "checkpoint.pt").read_bytes()
-    assert train("--resume", str(trained_run), "--total-steps", "1024", "--lr", "1e-3") == 2
+    assert train_ppo("--resume", str(trained_run), "--total-steps", "1024", "--lr", "1e-3") == 2
     err = capsys.readouterr().err
     assert "optimizer.lr: saved 0.0001, current 0.001" in err
     assert (trained_run / "checkpoint.pt").read_bytes() == before
@@ -327,7 +271,7 @@ def test_resume_with_other_training_settings_is_refused(
 def test_resume_past_the_budget_is_refused(
     trained_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert train("--resume", str(trained_run)) == 2
+    assert train_ppo("--resume", str(trained_run)) == 2
     assert "raise --total-steps" in capsys.readouterr().err
 
 
@@ -339,18 +283,18 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(
     data = bytearray((run / "checkpoint.pt").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (run / "checkpoint.pt").write_bytes(bytes(data))
-    assert train("--resume", str(run), "--total-steps", "1024") == 2
+    assert train_ppo("--resume", str(run), "--total-steps", "1024") == 2
     assert "corrupt" in capsys.readouterr().err
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_when_asked(tmp_path: Path) -> None:
     flags = [*SMALL, "--vector-mode", "sync", "--plasticity-every", "0", "--total-steps", "1024"]
     full, broken = tmp_path / "full", tmp_path / "broken"
-    assert train(*flags, "--checkpoint-every", "512", "--run-dir", str(full)) == 0
+    assert train_ppo(*flags, "--checkpoint-every", "512", "--run-dir", str(full)) == 0
     shutil.copytree(full, broken)
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    assert train("--resume", str(broken), "--total-steps", "1536") == 2
+    assert train_ppo("--resume", str(broken), "--total-steps", "1536") == 2
     with pytest.warns(UserWarning, match="resuming from the previous checkpoint"):
-        code = train("--resume", str(broken), "--resume-fallback", "--total-steps", "1024")
+        code = train_ppo("--resume", str(broken), "--resume-fallback", "--total-steps", "1024")
     assert code == 0  # resumed at 512 from checkpoint.prev.pt and reached 1024 again
     same(training_state(full), training_state(broken))

@@ -14,6 +14,7 @@ import pytest
 
 from cbp_rl.agents import sac_command
 from cbp_rl.agents.evaluation import evaluate_run
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.logging import read_scalars
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -43,5 +44,5 @@ def test_sac_swings_up_the_pendulum(tmp_path: Path, cbp: bool) -> None:
     assert np.mean(returns[:5]) < -900  # the warm-up's random actions
     replaced = sum(value for _, value in scalars["train/replaced_units"])
     assert (replaced > 0) == cbp  # CBP keeps replacing units while the agent learns
-    result = evaluate_run(run, episodes=5, seed=0)
+    result = evaluate_run(run, episodes=5, seed=0, policy_loader=COMMANDS.policy_loader)
     assert result.mean_return >= -400, result.summary()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ppo_runs import plasticity_tags, same
+from helpers import plasticity_tags, same
 
 from cbp_rl import evaluate
 from cbp_rl.agents import sac_command

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_ppo_runs import same
+from helpers import same
 
 from cbp_rl.lab import plot
 from cbp_rl.lab import sweep as sweep_module

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.lab.spec import (
-    COMMANDS,
     Resources,
     SpecError,
     expand,
@@ -133,8 +133,8 @@ def test_flags_are_checked_against_the_command(flags: dict[str, Any], message: s
 
 
 def test_flag_words_follow_the_field_types() -> None:
-    ppo = flags_of(COMMANDS["ppo"].config_type())
-    pmnist = flags_of(COMMANDS["pmnist"].config_type())
+    ppo = flags_of(COMMANDS["ppo"].config)
+    pmnist = flags_of(COMMANDS["pmnist"].config)
     assert flag_argv(ppo["cbp"], True) == ["--cbp"]
     assert flag_argv(ppo["parallel-update"], False) == ["--no-parallel-update"]
     assert flag_argv(pmnist["online-norm"], True) == ["--online-norm", "True"]

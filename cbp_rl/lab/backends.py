@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cbp_rl.lab.spec import Resources
+from cbp_rl.run.runtime import cpu_count
 
 __all__ = [
     "Attempt",
@@ -198,13 +199,6 @@ class Backend(Protocol):
         """Ask every running attempt to stop (SIGTERM: checkpoint and exit) or abort (SIGINT)."""
 
     def close(self) -> None: ...
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 class LocalBackend:

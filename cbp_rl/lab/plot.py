@@ -34,10 +34,9 @@ import dataclasses
 import json
 import os
 import re
-import struct
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +53,11 @@ from cbp_rl.lab.aggregate import (
     summarize,
     write_tables,
 )
+from cbp_rl.lab.commands import COMMANDS
+from cbp_rl.run.checkpoint import flatten_dict
+from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
+from cbp_rl.supervised.results import RESULTS_FILE
 
-RESULTS_FILE = "results.npz"
-CONFIG_FILE = "config.json"
-EPISODES_FILE = "episodes.csv"
 MANIFEST_FILE = "sweep.json"
 IGNORED_CONFIG_KEYS = ("seed", "seeds", "run", "tasks", "data.data_dir", "data.download")
 """Config fields (dotted, with everything below them) that do not make a different setting."""
@@ -174,11 +174,11 @@ every hidden unit or weight; ``last``: the last hidden layer), a scale, the figu
 
 
 def read_rl_run(path: Path) -> Run | None:
-    """An RL run directory (``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its
-    event files."""
+    """An RL run directory (its ``config.json`` names a command of :mod:`cbp_rl.lab.commands`:
+    ``ppo``, ``sac``): returns from ``episodes.csv``, the rest from its event files."""
     config = _read_config(path)
     episodes = path / EPISODES_FILE
-    if "algorithm" not in config or not episodes.is_file():
+    if config.get("algorithm") not in COMMANDS or not episodes.is_file():
         return None
     steps, returns = _read_episodes(episodes)
     series = {"return": Series(steps, returns[None, :])}
@@ -197,7 +197,8 @@ def read_rl_run(path: Path) -> Run | None:
             name = f"{net}/{measure}"
             series[name] = Series(source.x, scale * source.values)
             figures[name] = Figure(figure.title.format(net=net), figure.ylabel, STEPS)
-    return Run(path, config, series, figures, performance="return", irregular=frozenset({"return"}))
+    metric = COMMANDS[config["algorithm"]].metric
+    return Run(path, config, series, figures, performance=metric, irregular=frozenset({"return"}))
 
 
 def _layer_tag(series: Mapping[str, Series], prefix: str, layer: str) -> str | None:
@@ -219,72 +220,6 @@ def _read_episodes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.size == 0:
         return np.zeros(0), np.zeros(0)
     return data[:, 0].astype(np.float64), data[:, 1].astype(np.float64)
-
-
-def read_tags(
-    run_dir: Path, prefixes: Sequence[str] = ()
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The scalars of a run directory's event files as ``{tag: (steps, values)}``, with the same
-    result as :func:`cbp_rl.run.logging.read_scalars` (files oldest first, a resumed run's purge
-    marker drops the earlier files' values at its step and later, the last value of a step
-    wins), read straight from the records (much faster for long runs); ``prefixes`` keeps only
-    the tags starting with one of them."""
-    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-
-    wanted = tuple(p.encode() for p in prefixes)
-    files = []
-    for path in run_dir.glob("events.out.tfevents.*"):
-        events = list(_records(path))
-        first = next((e for e in (Event.FromString(r) for r in events[:3]) if e.wall_time), None)
-        if first is None:
-            continue
-        counter = path.name.rsplit(".", 1)[-1]
-        files.append(
-            (first.wall_time, int(counter) if counter.isdigit() else -1, path.name, events)
-        )
-    merged: dict[str, dict[int, float]] = {}
-    for _, _, _, records in sorted(files, key=lambda item: item[:3]):
-        purged = False
-        for record in records:
-            if wanted and not any(w in record for w in wanted) and purged:
-                continue
-            event = Event.FromString(record)
-            if not purged:
-                if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-                    step = int(event.step)
-                    for tag, values in merged.items():
-                        merged[tag] = {s: v for s, v in values.items() if s < step}
-                    purged = True
-                    continue
-                if event.HasField("summary"):
-                    purged = True  # the marker comes before any summary
-            for value in event.summary.value:
-                if wanted and not value.tag.startswith(prefixes):
-                    continue
-                if value.HasField("simple_value"):
-                    merged.setdefault(value.tag, {})[int(event.step)] = value.simple_value
-    result = {}
-    for tag in sorted(merged):
-        if merged[tag]:
-            items = sorted(merged[tag].items())
-            result[tag] = (
-                np.array([s for s, _ in items], dtype=np.float64),
-                np.array([v for _, v in items], dtype=np.float64),
-            )
-    return result
-
-
-def _records(path: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file (a truncated last record is left out)."""
-    data = path.read_bytes()
-    position = 0
-    while position + 12 <= len(data):
-        (length,) = struct.unpack_from("<Q", data, position)
-        start = position + 12
-        if start + length + 4 > len(data):
-            return
-        yield data[start : start + length]
-        position = start + length + 4
 
 
 def read_event_files(path: Path) -> Run | None:
@@ -365,22 +300,11 @@ def load_sweep(path: str | os.PathLike[str], *, prefix: str = "") -> list[Run]:
 # --------------------------------------------------------------------------- grouping
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _setting(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config fields that define a setting (seeds and bookkeeping removed)."""
     return {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flatten_dict(config).items()
         if not any(key == i or key.startswith(f"{i}.") for i in IGNORED_CONFIG_KEYS)
     }
 
@@ -484,7 +408,7 @@ def line_points(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
 
 
 @dataclass(frozen=True)
-class LineOptions:
+class LineConfig:
     """How lines are made from seeds."""
 
     band: str = "stderr"
@@ -499,7 +423,7 @@ class LineOptions:
     """Bootstrap seed."""
 
 
-def line_series(runs: Sequence[Run], name: str, options: LineOptions) -> Series | None:
+def line_series(runs: Sequence[Run], name: str, options: LineConfig) -> Series | None:
     """The seeds of ``runs`` for series ``name`` on one grid (``None`` if no run has it)."""
     parts = [run.series[name] for run in runs if name in run.series]
     parts = [p for p in parts if len(p.x)]
@@ -528,7 +452,7 @@ def plot_metric(
     figure: Figure,
     lines: Mapping[str, Series],
     out: Path,
-    options: LineOptions | None = None,
+    options: LineConfig | None = None,
 ) -> Path:
     """Draw one figure: a line per label (mean over seeds) with its band."""
     import matplotlib
@@ -537,7 +461,7 @@ def plot_metric(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    options = options or LineOptions()
+    options = options or LineConfig()
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
     try:
         for label, series in lines.items():
@@ -584,12 +508,12 @@ def plot_runs(
     *,
     metrics: Sequence[str] | None = None,
     bin_width: int = 1,
-    options: LineOptions | None = None,
+    options: LineConfig | None = None,
     table: bool = False,
 ) -> list[Path]:
     """One PNG per metric in ``out`` (and with ``table`` the summary tables); returns the
     paths written."""
-    options = options or LineOptions()
+    options = options or LineConfig()
     if bin_width > 1:
         options = dataclasses.replace(options, bin_width=bin_width)
     groups = group_runs(runs)
@@ -619,7 +543,7 @@ def summary_tables(
     runs: Sequence[Run],
     lines_by_metric: Mapping[str, Mapping[str, Series]],
     out: Path,
-    options: LineOptions,
+    options: LineConfig,
 ) -> list[Path]:
     """``summary.csv`` and ``summary.md`` of the plotted lines (performance first)."""
     performance = {run.performance for run in runs if run.performance}
@@ -705,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bin must be >= 1")
     if args.points < 1 or args.bootstrap_samples < 1:
         parser.error("--points and --bootstrap-samples must be >= 1")
-    options = LineOptions(args.band, args.points, args.bin_width, args.bootstrap_samples, args.seed)
+    options = LineConfig(args.band, args.points, args.bin_width, args.bootstrap_samples, args.seed)
     try:
         runs, sweep = load_dirs(args.run_dirs)
         out = args.out or default_out(args.run_dirs)
@@ -722,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "READERS",
     "Figure",
-    "LineOptions",
+    "LineConfig",
     "Run",
     "Series",
     "binned",
@@ -734,5 +658,4 @@ __all__ = [
     "main",
     "mean_and_stderr",
     "plot_runs",
-    "read_tags",
 ]

@@ -3,7 +3,7 @@
 A spec (see the README section "Experiments at scale")::
 
     name = "ant_policy_collapse"        # default: the file's stem
-    command = "ppo"                     # ppo, sac or pmnist
+    command = "ppo"                     # a command of cbp_rl.lab.commands: ppo, sac, pmnist, ...
     seeds = 30                          # seeds seed_start .. seed_start+29, or a list [0, 4, 9]
     seed_start = 0
     max_retries = 2                     # relaunches of a run that died, each from its checkpoint
@@ -44,10 +44,13 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+
+from cbp_rl.lab.commands import COMMANDS
+from cbp_rl.run.command import Command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,8 +58,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
-    "COMMANDS",
-    "Command",
     "Resources",
     "RunSpec",
     "Setting",
@@ -64,6 +65,7 @@ __all__ = [
     "SweepSpec",
     "expand",
     "load_spec",
+    "parse_flags",
     "parse_spec",
     "parse_value",
 ]
@@ -76,57 +78,17 @@ class SpecError(ValueError):
 # --------------------------------------------------------------------------- commands
 
 
-@dataclass(frozen=True)
-class Command:
-    """How the sweep drives one training command (``python -m cbp_rl.train NAME``)."""
-
-    name: str
-    module: str
-    """The command module: ``config_class``, ``parse(argv)`` and ``main(argv)`` live there."""
-    config_class: str
-    """Dotted path of the config dataclass whose fields are the flags."""
-    reserved: tuple[str, ...]
-    """Flags the sweep sets itself (seed, run directory, resume)."""
-    metric: str
-    """The performance measure its runs report (``return``, ``accuracy``)."""
-    unit: str
-    """What its budget counts."""
-    budget: Callable[[Any], int]
-    """A parsed config's budget in ``unit``."""
-    resume_flags: Callable[[Any], list[str]]
-    """Flags added to ``--resume DIR``: the budget (which may have grown), fallbacks."""
-    seed_flags: Callable[[Sequence[int]], list[str]]
-    """Flags selecting the seeds of one run."""
-    budget_flags: tuple[str, ...] = ()
-    """Flags that set the budget: they may change between launches of a sweep."""
-    batches_seeds: bool = False
-    """Whether one run can hold several seeds (``seeds_per_run``)."""
-    check: Callable[[Any], None] | None = None
-    """Further checks of a parsed config (e.g. the env id exists)."""
-
-    def config_type(self) -> type:
-        module, _, name = self.config_class.rpartition(".")
-        cls: type = getattr(_import(module), name)
-        return cls
-
-    def parse(self, argv: Sequence[str]) -> Any:
-        """The command's own parse of ``argv``; raises :class:`SpecError` with its message."""
-        parse = _import(self.module).parse
-        captured = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-                return parse(list(argv))
-        except SystemExit:
-            message = _tidy(captured.getvalue())
-            raise SpecError(message or f"{self.name} rejected the flags {list(argv)}") from None
-        except (ValueError, TypeError) as err:
-            raise SpecError(str(err)) from None
-
-
-def _import(module: str) -> Any:
-    import importlib
-
-    return importlib.import_module(module)
+def parse_flags(command: Command, argv: Sequence[str]) -> Any:
+    """The command's own parse of ``argv``; raises :class:`SpecError` with its message."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return command.parse(list(argv))
+    except SystemExit:
+        message = _tidy(captured.getvalue())
+        raise SpecError(message or f"{command.name} rejected the flags {list(argv)}") from None
+    except (ValueError, TypeError) as err:
+        raise SpecError(str(err)) from None
 
 
 def _tidy(text: str) -> str:
@@ -137,53 +99,6 @@ def _tidy(text: str) -> str:
         if line and not set(line) <= set("-─╭╮╰╯ "):
             lines.append(line)
     return "\n".join(lines)
-
-
-def _rl_check(config: Any) -> None:
-    from cbp_rl.envs.vector import check_env_id
-
-    check_env_id(config.run.env)
-
-
-def _rl_command(name: str, config_class: str) -> Command:
-    """An RL command on the shared runner (``agents/runner.py``): the same run flags."""
-    return Command(
-        name=name,
-        module=f"cbp_rl.agents.{name}_command",
-        config_class=config_class,
-        reserved=("seed", "run-dir", "runs-root", "resume", "resume-fallback"),
-        metric="return",
-        unit="steps",
-        budget=lambda config: int(config.run.total_steps),
-        resume_flags=lambda config: [
-            "--total-steps",
-            str(config.run.total_steps),
-            "--resume-fallback",
-        ],
-        seed_flags=lambda seeds: ["--seed", str(seeds[0])],
-        budget_flags=("--total-steps",),
-        check=_rl_check,
-    )
-
-
-COMMANDS: dict[str, Command] = {
-    "ppo": _rl_command("ppo", "cbp_rl.agents.ppo.PPOConfig"),
-    "sac": _rl_command("sac", "cbp_rl.agents.sac.SACConfig"),
-    "pmnist": Command(
-        name="pmnist",
-        module="cbp_rl.supervised.command",
-        config_class="cbp_rl.supervised.config.PermutedMNISTConfig",
-        reserved=("seed", "seeds", "run-dir", "resume"),
-        metric="accuracy",
-        unit="examples",
-        budget=lambda config: int(config.tasks * config.examples_per_task),
-        resume_flags=lambda config: ["--tasks", str(config.tasks)],
-        seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
-        budget_flags=("--tasks",),
-        batches_seeds=True,
-    ),
-}
-"""The commands a sweep can run, by name."""
 
 
 # --------------------------------------------------------------------------- flags
@@ -423,7 +338,7 @@ def parse_spec(
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; a spec has {', '.join(TOP_LEVEL)}")
     command_name = document.get("command")
-    if command_name not in COMMANDS:
+    if not isinstance(command_name, str) or command_name not in COMMANDS:
         raise SpecError(
             f"{where}: unknown command {command_name!r}; choose one of {', '.join(COMMANDS)}"
         )
@@ -602,7 +517,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
     names and value types against the command's config dataclass, then every setting parsed
     by the command's own parser (and, for ``ppo``, its env id looked up)."""
     command = spec.command
-    flags = command_flags(command.config_type())
+    flags = command_flags(command.config)
     runs = []
     for setting in spec.settings:
         words = _setting_argv(command, flags, setting)
@@ -648,7 +563,7 @@ def _setting_argv(command: Command, flags: Mapping[str, Flag], setting: Setting)
 
 def _parse_setting(command: Command, setting: Setting, argv: list[str]) -> Any:
     try:
-        config = command.parse([*argv, "--run-dir", "sweep-check"])
+        config = parse_flags(command, [*argv, "--run-dir", "sweep-check"])
         if command.check is not None:
             command.check(config)
     except (SpecError, ValueError) as err:

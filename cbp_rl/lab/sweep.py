@@ -36,6 +36,7 @@ import argparse
 import collections
 import dataclasses
 import filecmp
+import functools
 import json
 import math
 import os
@@ -70,6 +71,7 @@ from cbp_rl.lab.spec import (
     SweepSpec,
     expand,
     load_spec,
+    parse_flags,
     parse_value,
 )
 from cbp_rl.run.logging import RunStatus, read_run_status, write_json_atomic
@@ -763,36 +765,16 @@ def estimate(
     spec: SweepSpec, runs: Sequence[RunSpec], *, units: int | None = None, work: Path
 ) -> list[Estimate]:
     """Measure each setting's CPU cost by running its first run's command briefly (child CPU
-    time, ``getrusage``): RL at ``units`` and 3 x ``units`` steps (the slope is the cost per
-    step), pmnist at 1 task of ``units`` and of 2 x ``units`` examples and 2 tasks of
-    ``units`` (slope per example, cost per task start; ``units`` at least the run's probe size,
-    which every short run keeps); extrapolated to the whole budget."""
+    time, ``getrusage``), with the short runs its command's ``cost`` asks for (RL: ``units`` and
+    3 x ``units`` steps; pmnist: 1 task of ``units`` and of 2 x ``units`` examples and 2 tasks
+    of ``units``), extrapolated to the whole budget."""
     results = []
     for setting in spec.settings:
         members = [run for run in runs if run.setting == setting.name]
         first = members[0]
-        config = spec.command.parse(list(first.argv))
-        if spec.command.name == "pmnist":
-            # The task-start probe takes min(probe_examples, examples per task) examples: the
-            # short runs probe as many as the real run, so its cost lands in per_task only.
-            probe = min(config.measures.probe_examples, config.examples_per_task)
-            size = max(units or 1000, probe)
-
-            c1, _ = _measure(spec, first, _pmnist_budget(1, size, probe), work)
-            c2, _ = _measure(spec, first, _pmnist_budget(1, 2 * size, probe), work)
-            c3, _ = _measure(spec, first, _pmnist_budget(2, size, probe), work)
-            per_unit = max(0.0, (c2 - c1) / size)
-            per_task = max(0.0, c3 - c2)
-            fixed = max(0.0, c1 - per_unit * size - per_task)
-            per_run = fixed + per_unit * first.total + per_task * config.tasks
-        else:
-            size = units or 10_240
-            c1, s1 = _measure(spec, first, ["--total-steps", str(size)], work)
-            c2, s2 = _measure(spec, first, ["--total-steps", str(3 * size)], work)
-            per_unit = max(0.0, (c2 - c1) / max(1, s2 - s1))
-            per_task = 0.0
-            fixed = max(0.0, c1 - per_unit * s1)
-            per_run = fixed + per_unit * first.total
+        config = parse_flags(spec.command, first.argv)
+        measure = functools.partial(_measure, spec, first, work=work)
+        per_unit, per_task, fixed, per_run = spec.command.cost(config, first.total, units, measure)
         results.append(Estimate(setting.name, len(members), per_unit, per_task, fixed, per_run))
         print(
             f"  {setting.name}: {per_unit * 1e3:.3f} CPU-ms per {spec.command.unit[:-1]}"
@@ -803,15 +785,7 @@ def estimate(
     return results
 
 
-def _pmnist_budget(tasks: int, examples: int, probe: int) -> list[str]:
-    """The flags of a short pmnist run for :func:`estimate`."""
-    return [
-        *("--tasks", str(tasks), "--examples-per-task", str(examples)),
-        *("--probe-examples", str(probe)),
-    ]
-
-
-def _measure(spec: SweepSpec, run: RunSpec, budget: list[str], work: Path) -> tuple[float, int]:
+def _measure(spec: SweepSpec, run: RunSpec, budget: Sequence[str], work: Path) -> tuple[float, int]:
     """CPU seconds (process and children) and units done of one short run."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{run.name}-", dir=work))
     shutil.rmtree(run_dir)

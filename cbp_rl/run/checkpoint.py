@@ -359,8 +359,8 @@ def check_compatible(
     ``"device"``); a name also ignores the fields nested under it. ``path`` names the checkpoint
     in the message.
     """
-    saved = _flatten(to_jsonable(saved_config, where="saved config"))
-    current = _flatten(to_jsonable(current_config, where="current config"))
+    saved = flatten_dict(to_jsonable(saved_config, where="saved config"))
+    current = flatten_dict(to_jsonable(current_config, where="current config"))
     ignored = tuple(ignore)
     diffs = []
     for name in sorted(saved.keys() | current.keys()):
@@ -379,11 +379,13 @@ def check_compatible(
         )
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_dict(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested JSON object as one level, ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty
+    nested object stays a value)."""
     if isinstance(value, dict) and (value or not prefix):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
+            out.update(flatten_dict(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
         return out
     return {prefix: value}
 

@@ -32,12 +32,15 @@ import logging as _stdlib_logging
 import math
 import os
 import socket
+import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, SupportsFloat
+
+import numpy as np
 
 from cbp_rl.run.checkpoint import CheckpointError, StrPath, atomic_write, to_jsonable
 
@@ -48,6 +51,7 @@ __all__ = [
     "read_config",
     "read_run_status",
     "read_scalars",
+    "read_tags",
     "write_json_atomic",
 ]
 
@@ -269,62 +273,89 @@ def _truncate_episodes(path: Path, position: Mapping[str, Any]) -> None:
 
 
 def read_scalars(run_dir: StrPath) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a run directory as TensorBoard shows them: ``{tag: [(step, value), ...]}``.
+    """The scalars of a run directory as TensorBoard shows them: ``{tag: [(step, value), ...]}``
+    (see :func:`read_tags`)."""
+    return {
+        tag: [(int(step), value) for step, value in values]
+        for tag, values in _merged_scalars(Path(run_dir), ()).items()
+    }
 
-    Reads every event file in ``run_dir`` (not subdirectories) with TensorBoard's
-    ``EventAccumulator``, oldest file first. A file written with a purge step (a resumed run)
+
+def read_tags(
+    run_dir: StrPath, prefixes: Sequence[str] = ()
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The scalars of a run directory's event files as ``{tag: (steps, values)}`` (float64
+    arrays); ``prefixes`` keeps only the tags starting with one of them.
+
+    Reads every event file in ``run_dir`` (not subdirectories) straight from its records, oldest
+    file first, as TensorBoard shows them: a file written with a purge step (a resumed run)
     drops the earlier files' values at that step and later, for all tags; for a step logged
-    more than once the last value wins. Steps come sorted. Values are float32 as TensorBoard
+    more than once the last value wins. Steps come sorted; values are float32 as TensorBoard
     stores them.
     """
-    from tensorboard.backend.event_processing.event_accumulator import (
-        SCALARS,
-        EventAccumulator,
-    )
+    return {
+        tag: (
+            np.array([step for step, _ in values], dtype=np.float64),
+            np.array([value for _, value in values], dtype=np.float64),
+        )
+        for tag, values in _merged_scalars(Path(run_dir), tuple(prefixes)).items()
+    }
 
-    run_dir = Path(run_dir)
+
+def _merged_scalars(run_dir: Path, prefixes: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    wanted = tuple(p.encode() for p in prefixes)
     files = []
     for path in run_dir.glob(EVENTS_GLOB):
-        accumulator = EventAccumulator(str(path), size_guidance={SCALARS: 0})
-        accumulator.Reload()
-        try:
-            started = accumulator.FirstEventTimestamp()
-        except ValueError:  # an empty file: its process died before writing anything
+        records = list(_records(path))
+        first = next((e for e in (Event.FromString(r) for r in records[:3]) if e.wall_time), None)
+        if first is None:  # an empty file: its process died before writing anything
             continue
-        files.append((started, _file_counter(path), path.name, path, accumulator))
+        files.append((first.wall_time, _file_counter(path), path.name, records))
     merged: dict[str, dict[int, float]] = {}
-    for _, _, _, path, accumulator in sorted(files, key=lambda item: item[:3]):
-        purge_step = _purge_step(path)
-        if purge_step is not None:
-            for tag, values in merged.items():
-                merged[tag] = {step: v for step, v in values.items() if step < purge_step}
-        for tag in accumulator.Tags()[SCALARS]:
-            values = merged.setdefault(tag, {})
-            for event in accumulator.Scalars(tag):
-                values[event.step] = event.value
+    for _, _, _, records in sorted(files, key=lambda item: item[:3]):
+        purged = False
+        for record in records:
+            if wanted and not any(w in record for w in wanted) and purged:
+                continue
+            event = Event.FromString(record)
+            if not purged:
+                if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                    step = int(event.step)
+                    for tag, values in merged.items():
+                        merged[tag] = {s: v for s, v in values.items() if s < step}
+                    purged = True
+                    continue
+                if event.HasField("summary"):
+                    purged = True  # the marker comes before any summary
+            for value in event.summary.value:
+                if wanted and not value.tag.startswith(prefixes):
+                    continue
+                if value.HasField("simple_value"):
+                    merged.setdefault(value.tag, {})[int(event.step)] = value.simple_value
     return {tag: sorted(values.items()) for tag, values in sorted(merged.items()) if values}
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    """The records of a TFRecord file (a truncated last record is left out)."""
+    data = path.read_bytes()
+    position = 0
+    while position + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, position)
+        start = position + 12
+        if start + length + 4 > len(data):
+            return
+        yield data[start : start + length]
+        position = start + length + 4
 
 
 def _file_counter(path: Path) -> int:
     """The per-process counter that ends an event file's name (orders files of one second)."""
     last = path.name.rsplit(".", 1)[-1]
     return int(last) if last.isdigit() else -1
-
-
-def _purge_step(path: Path) -> int | None:
-    """The step of the purge marker (``SessionLog.START``) a resumed writer puts at the start of
-    its file, or ``None``."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.compat.proto.event_pb2 import SessionLog
-
-    for event in EventFileLoader(str(path)).Load():
-        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-            return int(event.step)
-        if event.HasField("summary"):
-            return None  # the marker comes before any summary
-    return None
 
 
 # --------------------------------------------------------------------------- run status

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["GracefulStop", "Progress", "new_run_dir", "resolve_device", "seed_everything"]
+__all__ = [
+    "GracefulStop",
+    "Progress",
+    "cpu_count",
+    "new_run_dir",
+    "resolve_device",
+    "seed_everything",
+]
 
 _Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL/SIG_IGN, or None
 
@@ -97,6 +104,13 @@ class GracefulStop:
         # os.write: no buffered-stream locks taken inside a signal handler.
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.write(sys.stderr.fileno(), note.encode())
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
