@@ -4,13 +4,12 @@ their :class:`~cbp_rl.run.command.Command` (:func:`rl_command`).
 ``parse_config`` reads flags into a frozen config dataclass. Defaults come, in order, from the run
 being resumed (``--resume DIR``: its ``config.json``), the preset named with ``--preset``, the
 ``cbp`` preset when ``--cbp`` is given, or the command's default preset; every flag given
-explicitly overrides them (``--preset l2 --weight-decay 1e-3``). ``run_command`` turns bad input
-into a message on stderr and exit code 2.
+explicitly overrides them (``--preset l2 --weight-decay 1e-3``). The exit codes and refusals are
+:mod:`cbp_rl.run.conventions`'s (``run_command`` is re-exported here).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,10 +17,10 @@ from typing import Any, TypeVar
 import tyro
 
 from cbp_rl.agents.runner import METRIC, UNIT, budget
-from cbp_rl.envs.vector import check_env_id
-from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.envs.vector import check_env_id, describe_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.command import Command, Cost, Measure, PolicyLoader
 from cbp_rl.run.configs import config_from_dict
+from cbp_rl.run.conventions import COMMAND_KEY, UsageError, check_run_command, run_command
 from cbp_rl.run.logging import read_config
 
 __all__ = [
@@ -35,10 +34,6 @@ __all__ = [
 ]
 
 C = TypeVar("C")
-
-
-class UsageError(ValueError):
-    """Bad command-line input (exit code 2)."""
 
 
 def flag_value(argv: Sequence[str], flag: str) -> str | None:
@@ -69,12 +64,8 @@ def load_run_config(cls: type[C], run_dir: Path, algorithm: str) -> C:
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: no config.json there; is it a run directory?")
     saved = dict(read_config(run_dir))
-    saved_algorithm = saved.pop("algorithm", None)
-    if saved_algorithm != algorithm:
-        raise UsageError(
-            f"--resume {run_dir}: that run is {saved_algorithm!r}, not {algorithm!r}; resume it "
-            f"with `python -m cbp_rl.train {saved_algorithm} --resume {run_dir}`"
-        )
+    check_run_command(saved, run_dir, command=algorithm)
+    saved.pop(COMMAND_KEY, None)
     try:
         return config_from_dict(cls, saved)
     except (TypeError, ValueError) as err:
@@ -111,26 +102,6 @@ def parse_config(
     else:
         default = presets[default_preset]
     return tyro.cli(cls, args=argv, default=default, prog=prog, description=description)
-
-
-def run_command(
-    parse: Callable[[], Any], prepare: Callable[[Any], Any], execute: Callable[[Any], int]
-) -> int:
-    """``execute(prepare(parse()))`` with the exit codes of a command.
-
-    ``--help`` exits 0; bad flags, invalid values, unknown env ids, unusable checkpoints and
-    run directories exit 2 with the message on stderr, before anything runs.
-    """
-    try:
-        config = parse()
-        prepared = prepare(config)
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
-    except (ValueError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return execute(prepared)
 
 
 def rl_command(
@@ -179,4 +150,8 @@ def rl_cost(config: Any, total: int, units: int | None, measure: Measure) -> Cos
 
 
 def _check_env(config: Any) -> None:
-    check_env_id(config.run.env)
+    """The env id exists and has continuous actions (builds one instance, as the command does)."""
+    run = config.run
+    check_env_id(run.env)
+    kwargs = {**seeded_env_kwargs(run.env, run.seed), **run.gym_kwargs()}
+    describe_env(run.env, {**kwargs, **sub_env_kwargs(run.env, 1)})

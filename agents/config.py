@@ -20,6 +20,7 @@ import tyro
 from cbp_rl.envs.vector import VECTOR_MODES, VectorMode
 from cbp_rl.nets import ACTIVATION_NAMES, ActivationName
 from cbp_rl.run.cbp_flags import cbp_flags
+from cbp_rl.run.conventions import finite_floats, flag_name
 
 __all__ = [
     "FieldMethodSettings",
@@ -64,14 +65,15 @@ OptimizerReset = Literal["auto", "always", "never"]
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ValueError(f"{flag_name(name)} must be positive, got {value}")
 
 
 def _non_negative(name: str, value: float) -> None:
     if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ValueError(f"{flag_name(name)} must be >= 0, got {value}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunSettings:
     """Environment, budget, seed, devices and output of a run."""
@@ -135,6 +137,7 @@ class RunSettings:
         return kwargs
 
 
+@finite_floats
 @dataclass(frozen=True)
 class NetworkSettings:
     """Policy and value (or actor and critic) MLPs."""
@@ -158,6 +161,7 @@ class NetworkSettings:
             raise ValueError(f"init must be one of {', '.join(get_args(InitName))}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimizerSettings:
     """The optimizer."""
@@ -202,6 +206,7 @@ _CBPFlags = cbp_flags(
 """The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as the RL commands' flags."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
     """Methods against loss of plasticity: continual backprop (its hyperparameters are
@@ -237,6 +242,7 @@ class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
             raise ValueError(f"shrink must be in (0, 1], got {self.shrink}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class FieldMethodSettings:
     """More methods against loss of plasticity (cbp_rl.methods; each off by default, the

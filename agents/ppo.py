@@ -56,6 +56,7 @@ from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.methods import ProximalFeatures
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
@@ -74,6 +75,7 @@ PresetName = Literal["standard", "ns", "l2", "redo", "cbp", "cleanrl"]
 AdvantageNorm = Literal["batch", "minibatch", "off"]
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOSettings:
     """PPO: rollout, losses and update."""
@@ -151,6 +153,7 @@ class PPOSettings:
 Group = tyro.conf.OmitArgPrefixes
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO (with --cbp: continual backprop) on a continuous-action Gymnasium env.

@@ -128,7 +128,7 @@ def prepare(config: PPOConfig) -> PreparedRun:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m cbp_rl.train ppo [FLAGS]``; returns the exit code."""
-    return run_command(lambda: parse(argv), prepare, lambda run: run.execute())
+    return run_command("train ppo", lambda: parse(argv), prepare, lambda run: run.execute())
 
 
 def load_policy(

@@ -52,13 +52,14 @@ class ReplayBuffer:
     :meth:`sample` for batches. The oldest transitions are overwritten once ``capacity`` (rounded
     up to whole rows of ``num_envs``) are stored.
 
-    >>> buffer = ReplayBuffer(100, num_envs=1, obs_dim=2, action_dim=1)
-    >>> buffer.start(np.zeros((1, 2)))
-    >>> buffer.add(np.ones((1, 1)), np.array([0.5]), np.array([False]), np.array([False]),
-    ...            np.full((1, 2), 7.0), {})
-    >>> batch = buffer.sample(1, torch.Generator().manual_seed(0))
-    >>> batch.next_obs.tolist(), batch.rewards.tolist()
-    ([[7.0, 7.0]], [0.5])
+    Examples:
+        >>> buffer = ReplayBuffer(100, num_envs=1, obs_dim=2, action_dim=1)
+        >>> buffer.start(np.zeros((1, 2)))
+        >>> buffer.add(np.ones((1, 1)), np.array([0.5]), np.array([False]), np.array([False]),
+        ...            np.full((1, 2), 7.0), {})
+        >>> batch = buffer.sample(1, torch.Generator().manual_seed(0))
+        >>> batch.next_obs.tolist(), batch.rewards.tolist()
+        ([[7.0, 7.0]], [0.5])
     """
 
     def __init__(
@@ -142,7 +143,9 @@ class ReplayBuffer:
 
         Args:
             actions: ``[num_envs, action_dim]`` as the agent wants them back.
-            rewards, terminated, truncated: ``[num_envs]`` from ``envs.step``.
+            rewards: ``[num_envs]`` from ``envs.step``.
+            terminated: ``[num_envs]`` from ``envs.step``.
+            truncated: ``[num_envs]`` from ``envs.step``.
             next_observations: ``[num_envs, obs_dim]`` from ``envs.step`` (the next episode's
                 first observation where one ended: same-step autoreset).
             final_observations: the true last observation of each ended episode, by sub-env

@@ -10,8 +10,11 @@ resume) and :meth:`PreparedRun.execute` runs it::
 ``execute`` builds the vectorized envs (:func:`cbp_rl.envs.vector.make_vector_env`) and the agent,
 restores the checkpoint when resuming, then calls ``agent.iterate()`` until ``total_steps``,
 logging after each iteration: the agent's scalars, finished episodes (TensorBoard and
-``episodes.csv``), the env protocol's ``env/<key>`` values, steps per second, and every
-``plasticity_every`` steps the plasticity measures of each named network on a probe batch.
+``episodes.csv``), the env protocol's ``env/<key>`` values, steps per second, and after the
+first iteration (the baseline) and then every ``plasticity_every`` steps the plasticity measures
+of each named network on a probe batch. A non-finite loss or weight stops the run at once
+(:class:`~cbp_rl.run.conventions.NonFiniteError`, exit 3) without writing a checkpoint, so the last
+good one is kept. The run directory is locked for the whole run (:mod:`cbp_rl.run.rundir`).
 It writes a checkpoint every ``checkpoint_every`` steps and on exit, including after SIGINT or
 SIGTERM (:class:`~cbp_rl.run.runtime.GracefulStop`), holding the agent, the environments (exact
 MuJoCo snapshots, schedules, episode statistics), every RNG and the logging position, so a
@@ -21,6 +24,7 @@ resumed run continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from collections import deque
@@ -59,7 +63,17 @@ from cbp_rl.run.checkpoint import (
     restore_rng_state,
     to_jsonable,
 )
+from cbp_rl.run.conventions import (
+    COMMAND_KEY,
+    UsageError,
+    check_finite_losses,
+    check_finite_weights,
+    check_memory,
+    refuse_finished,
+    stop_exit_code,
+)
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, RunLogger, RunStatusWriter
+from cbp_rl.run.rundir import check_run_dir_path, claim_run_dir, unresumable_message
 from cbp_rl.run.runtime import (
     GracefulStop,
     Progress,
@@ -258,6 +272,7 @@ def prepare_run(
     build_agent: Callable[[AgentContext], Agent],
     *,
     resume_ignore: Sequence[str] = RESUME_IGNORE_RUN,
+    network_count: int = 2,
 ) -> PreparedRun:
     """Validate a run before anything runs; raises ``ValueError`` or ``CheckpointError``.
 
@@ -265,7 +280,9 @@ def prepare_run(
     and ``measure`` (:class:`~cbp_rl.agents.config.MeasureSettings`). Checks the device, the
     environment (a continuous-action Gymnasium id, built once), the run directory (a fresh run
     never reuses one that holds a run) and, on resume, the checkpoint (readable, of this
-    algorithm, with a compatible config).
+    algorithm, with a compatible config, not finished). The run directory's lock
+    (:func:`~cbp_rl.run.rundir.claim_run_dir`) is taken here and held until the command returns.
+    ``network_count`` networks of ``config.network`` must fit in memory.
     """
     run = config.run
     try:
@@ -275,6 +292,7 @@ def prepare_run(
     check_env_id(run.env)
     kwargs = {**env_kwargs(run), **sub_env_kwargs(run.env, run.num_envs)}
     description = describe_env(run.env, kwargs)
+    check_network_memory(config, description, networks=network_count)
     if run.vector_mode == ENVPOOL_MODE:
         schedule = description.has_schedule or bool(description.logged_info_keys)
         envpool_make_kwargs(run.env, kwargs, has_schedule=schedule)
@@ -283,7 +301,10 @@ def prepare_run(
         run_dir = Path(run.resume)
         if not run_dir.is_dir():
             raise ValueError(f"--resume {run_dir}: no such run directory")
+        claim_run_dir(run_dir, command=algorithm, flag="--resume")
         manager = CheckpointManager(run_dir, every=run.checkpoint_every)
+        if not manager.exists() and (run_dir / CONFIG_FILE).exists():
+            raise UsageError(unresumable_message(run_dir, command=algorithm))
         checkpoint = manager.load_latest(required=True, fallback=run.resume_fallback)
         assert checkpoint is not None
         saved_algorithm = checkpoint.get("algorithm")
@@ -300,16 +321,37 @@ def prepare_run(
             path=run_dir / CheckpointManager.FILENAME,
         )
         _check_same_simulator(checkpoint, run.vector_mode, run_dir / CheckpointManager.FILENAME)
-        if checkpoint["step"] >= run.total_steps:
-            raise ValueError(
-                f"the run in {run_dir} is at step {checkpoint['step']}, at or past "
-                f"--total-steps {run.total_steps}: raise --total-steps to train further"
-            )
+        refuse_finished(
+            run_dir,
+            done=checkpoint["step"],
+            total=run.total_steps,
+            command=algorithm,
+            flag="--total-steps",
+        )
     else:
         run_dir = _fresh_run_dir(algorithm, run)
         manager = CheckpointManager(run_dir, every=run.checkpoint_every)
     return PreparedRun(
         algorithm, config, build_agent, description, device, run_dir, checkpoint, manager
+    )
+
+
+def check_network_memory(config: Any, description: EnvDescription, *, networks: int) -> None:
+    """Refuse networks too large for this machine's memory (``--hidden-sizes``), up front.
+
+    Counts each network's weights four times (values, gradients, two Adam moments) and the
+    activations of one minibatch-sized batch through every layer; PPO has 2 such networks, SAC 5
+    (actor, two critics and their targets).
+    """
+    sizes = [description.observation_dim, *config.network.hidden_sizes, description.action_dim]
+    weights = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+    batch = max(config.measure.probe_size, 256)
+    activations = batch * sum(sizes)
+    estimate = networks * 4 * (4 * weights + 4 * activations)
+    check_memory(
+        estimate,
+        what=f"{networks} networks of widths {list(config.network.hidden_sizes)}",
+        fix="choose smaller --hidden-sizes",
     )
 
 
@@ -336,15 +378,19 @@ def env_kwargs(run: RunSettings) -> dict[str, Any]:
 
 def _fresh_run_dir(algorithm: str, run: Any) -> Path:
     if run.run_dir is None:
-        return new_run_dir(run.runs_root, f"{algorithm}-{run.env}-s{run.seed}")
-    run_dir = Path(run.run_dir)
+        check_run_dir_path(run.runs_root, flag="--runs-root")
+        run_dir = new_run_dir(run.runs_root, f"{algorithm}-{run.env}-s{run.seed}")
+        return claim_run_dir(run_dir, command=algorithm).run_dir
+    run_dir = claim_run_dir(run.run_dir, command=algorithm).run_dir
     taken = [
         name
         for name in (CONFIG_FILE, EPISODES_FILE, CheckpointManager.FILENAME)
         if (run_dir / name).exists()
     ]
     if taken or any(run_dir.glob("events.out.tfevents.*")):
-        raise ValueError(
+        if not CheckpointManager(run_dir).exists():
+            raise UsageError(unresumable_message(run_dir, command=algorithm))
+        raise UsageError(
             f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
             "choose another directory"
         )
@@ -369,7 +415,8 @@ class _Execution:
         self.measure = prepared.config.measure
         self.run_dir = prepared.run_dir
         self.recent_returns: deque[float] = deque(maxlen=10)
-        self.last_probe_step = 0
+        self.last_probe_step: int | None = None
+        """The step of the last plasticity measurement (``None``: none yet)."""
         self.last_status = time.monotonic()
 
     def run(self) -> int:
@@ -450,9 +497,9 @@ class _Execution:
                 file=sys.stderr,
                 flush=True,
             )
-            return 128 + int(stop.signal)
-        print(f"finished at step {agent.global_step}: {self.run_dir}", flush=True)
-        return 0
+        else:
+            print(f"finished at step {agent.global_step}: {self.run_dir}", flush=True)
+        return stop_exit_code(stop.signal)
 
     def _loop(
         self,
@@ -470,6 +517,7 @@ class _Execution:
                 iteration = agent.iterate()
                 elapsed = time.perf_counter() - started
                 step = agent.global_step
+                self._check_finite(agent, iteration, step)
                 self._log_iteration(logger, iteration, step, elapsed)
                 self._maybe_probe(agent, logger, step)
                 saved = manager.due(step)
@@ -482,6 +530,15 @@ class _Execution:
                 bar.update(iteration.steps, **postfix)
                 if show and not bar.enabled:
                     self._status_line(step, total, postfix)
+
+    def _check_finite(self, agent: Agent, iteration: Iteration, step: int) -> None:
+        """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight."""
+        last, where = self.prepared.manager.last_step, str(self.run_dir)
+        losses = {key: v for key, v in iteration.scalars.items() if key.endswith("_loss")}
+        check_finite_losses(losses, step=step, last_checkpoint=last, where=where)
+        check_finite_weights(
+            agent.plasticity_networks(), step=step, last_checkpoint=last, where=where
+        )
 
     def _log_iteration(
         self, logger: RunLogger, iteration: Iteration, step: int, elapsed: float
@@ -503,7 +560,8 @@ class _Execution:
 
     def _maybe_probe(self, agent: Agent, logger: RunLogger, step: int) -> None:
         every = self.measure.plasticity_every
-        if not every or step // every <= self.last_probe_step // every:
+        first = self.last_probe_step is None  # the baseline every curve starts from
+        if not every or not (first or step // every > (self.last_probe_step or 0) // every):
             return
         self.last_probe_step = step
         inputs = agent.probe_inputs(self.measure.probe_size)
@@ -532,7 +590,7 @@ class _Execution:
     def _config_record(self) -> dict[str, Any]:
         run = dataclasses.replace(self.run_settings, run_dir=self.run_dir, resume=None)
         config = dataclasses.replace(self.config, run=run)
-        return {"algorithm": self.prepared.algorithm, **_config_json(config)}
+        return {COMMAND_KEY: self.prepared.algorithm, **_config_json(config)}
 
     def _state(self, agent: Agent, envs: Any, logger: RunLogger) -> dict[str, Any]:
         return {
@@ -589,5 +647,6 @@ class _Execution:
             )
             observations, _ = envs.reset(seed=derive_seed(run.seed, f"env@{state['step']}"))
             agent.start(observations)
-        self.last_probe_step = int(state["runner"]["last_probe_step"])
+        last_probe = state["runner"]["last_probe_step"]
+        self.last_probe_step = None if last_probe is None else int(last_probe)
         restore_rng_state(state["rng"])

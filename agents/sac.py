@@ -58,6 +58,7 @@ from cbp_rl.agents.runner import AgentContext, Episode, Iteration, episodes_from
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.seeding import derive_seed
 
 __all__ = [
@@ -81,6 +82,7 @@ _SATURATION_TOLERANCE = 0.01
 """A squashed action component within this of +-1 counts as saturated (|pre-tanh| > 2.65)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class SACSettings:
     """SAC: replay, updates, entropy, actor."""
@@ -161,6 +163,7 @@ class SACSettings:
 Group = tyro.conf.OmitArgPrefixes
 
 
+@finite_floats
 @dataclass(frozen=True)
 class SACConfig:
     """SAC (with --cbp: continual backprop on the actor and both critics) on a continuous-action

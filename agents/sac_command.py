@@ -97,12 +97,12 @@ def build_agent(context: AgentContext) -> SACAgent:
 
 def prepare(config: SACConfig) -> PreparedRun:
     """Validate a SAC run before anything runs."""
-    return prepare_run(ALGORITHM, config, build_agent, resume_ignore=RESUME_IGNORE)
+    return prepare_run(ALGORITHM, config, build_agent, resume_ignore=RESUME_IGNORE, network_count=5)
 
 
 def main(argv: Sequence[str]) -> int:
     """``python -m cbp_rl.train sac [FLAGS]``; returns the exit code."""
-    return run_command(lambda: parse(argv), prepare, lambda run: run.execute())
+    return run_command("train sac", lambda: parse(argv), prepare, lambda run: run.execute())
 
 
 def load_policy(

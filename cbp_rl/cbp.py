@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -275,6 +275,7 @@ class GenerateAndTest(nn.Module):
         self.register_buffer("replacements", torch.zeros(per_layer, dtype=torch.int64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self._generators = [torch.Generator().manual_seed(s) for s in seed_list]
+        self._uniform = _BufferedUniform(self._generators, len(self.layer_sizes))
         self._check_finite = False
         """Raise on NaN/inf activations (costs a host sync per step; off for the batched core)."""
         self._book = _HostBook(self.num_seeds, len(self.layer_sizes))
@@ -286,6 +287,7 @@ class GenerateAndTest(nn.Module):
 
     # ----------------------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
+        self._uniform.sync(range(self.num_seeds))
         return {"generators": [g.get_state() for g in self._generators]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -294,6 +296,7 @@ class GenerateAndTest(nn.Module):
             raise ValueError(
                 f"state has {len(saved)} generator states for {len(self._generators)} seeds"
             )
+        self._uniform.discard()
         for generator, generator_state in zip(self._generators, saved, strict=True):
             generator.set_state(generator_state)
 
@@ -442,7 +445,8 @@ class GenerateAndTest(nn.Module):
 
     def _replace_units(self, layouts: Sequence[UnitLayout]) -> list[Replacement]:
         done = []
-        for layer, seeds, counts in self._book.plan(self.config, self._generators):
+        for layer, seeds, counts in self._book.plan(self.config, self._uniform):
+            self._uniform.sync(seeds)  # the generators serve the new weights next
             done += self._replace_layer(layouts[layer], layer, seeds, counts)
         return done
 
@@ -516,20 +520,6 @@ class _Maturing(NamedTuple):
     counts: list[int]
 
 
-class _Chance(NamedTuple):
-    """A layer where one unit is replaced with ``probability`` (rr * n_eligible < 1)."""
-
-    layer: int
-    probability: float
-
-
-class _Draw(NamedTuple):
-    """A seed that draws this step, and the layers it draws for."""
-
-    seed: int
-    chances: list[_Chance]
-
-
 class LayerPlan(NamedTuple):
     """How many units (``counts[i]`` of seed ``seeds[i]``) to replace in ``layer`` this step."""
 
@@ -557,7 +547,10 @@ class _HostBook:
         """``replacement_rate * eligible``, kept until eligibility changes (see ``_expect``)."""
         self.certain = np.zeros((num_seeds, num_layers), np.int64)
         self.any_certain = False
-        self.drawing: list[_Draw] = []
+        self.draw_seeds = np.zeros(0, np.int64)
+        """Seeds that draw this step (probabilistic replacement)."""
+        self.draw_chances = np.zeros((0, num_layers))
+        """``[draw_seeds, layers]``: the probability of replacing one unit, -1 where none."""
         self.stale = True
 
     def rebuild(
@@ -589,7 +582,7 @@ class _HostBook:
         self.expected = None
         self.stale = False
 
-    def plan(self, config: CBPConfig, generators: Sequence[torch.Generator]) -> list[LayerPlan]:
+    def plan(self, config: CBPConfig, uniform: _BufferedUniform) -> list[LayerPlan]:
         """The units to replace at this step, layer by layer."""
         maturing, eligible = self.maturing, self.eligible
         while maturing and maturing[0].step <= self.steps:
@@ -610,12 +603,12 @@ class _HostBook:
             plan = np.minimum(chosen.astype(np.int64), eligible)
         else:
             plan = self.certain
-            for seed, chances in self.drawing:  # one unit with probability rr * n_eligible < 1
-                draws = torch.rand(eligible.shape[1], generator=generators[seed]).tolist()
-                for layer, chance in chances:
-                    if draws[layer] <= chance:
-                        plan = plan.copy() if plan is self.certain else plan
-                        plan[seed, layer] = 1
+            if len(self.draw_seeds):  # one unit with probability rr * n_eligible < 1
+                hits = uniform.next(self.draw_seeds) <= self.draw_chances
+                if hits.any():
+                    rows, layers = np.nonzero(hits)
+                    plan = plan.copy()
+                    plan[self.draw_seeds[rows], layers] = 1
             if plan is self.certain and not self.any_certain:
                 return []
         return [
@@ -632,17 +625,9 @@ class _HostBook:
         self.certain = np.minimum(np.floor(self.expected).astype(np.int64), eligible)
         self.any_certain = bool(self.certain.any())
         below = (self.expected < 1.0) & (eligible > 0)
-        self.drawing = [
-            _Draw(
-                seed,
-                [
-                    _Chance(int(layer), float(self.expected[seed, layer]))
-                    for layer in np.flatnonzero(row)
-                ],
-            )
-            for seed, row in enumerate(below)
-            if row.any()
-        ]
+        self.draw_seeds = np.flatnonzero(below.any(1))
+        rows = self.draw_seeds
+        self.draw_chances = np.where(below[rows], self.expected[rows], -1.0)
 
     def replaced(
         self, seeds: list[int], layer: int, counts: list[int], maturity_threshold: int
@@ -651,6 +636,52 @@ class _HostBook:
         self.expected = None
         self.maturing.append(_Maturing(self.steps + maturity_threshold + 1, seeds, layer, counts))
         self.replacements[seeds, layer] += counts
+
+
+class _BufferedUniform:
+    """Each seed's uniform draws for probabilistic replacement, one row of ``width`` values per
+    step, taken from its generator in blocks: the same numbers in the same order as one
+    ``torch.rand(width, generator)`` per step (the CPU generator fills a tensor serially), at a
+    fraction of the cost. Before a generator serves anything else, :meth:`sync` puts it where
+    the unbuffered calls would have left it, so every other draw is unchanged too."""
+
+    BLOCK = 1024
+
+    def __init__(self, generators: Sequence[torch.Generator], width: int) -> None:
+        self.generators, self.width = generators, width
+        self.values = np.zeros((len(generators), self.BLOCK, width), np.float32)
+        self.cursor = np.full(len(generators), self.BLOCK)
+        """Rows used of each seed's block (``BLOCK``: no block held)."""
+        self.snapshots: list[Tensor | None] = [None] * len(generators)
+        """Each generator's state before its block was drawn."""
+
+    def next(self, seeds: np.ndarray) -> np.ndarray:
+        """The next row of draws of each of ``seeds``, ``[len(seeds), width]``."""
+        for s in seeds[self.cursor[seeds] >= self.BLOCK].tolist():
+            generator = self.generators[s]
+            self.snapshots[s] = generator.get_state()
+            block = torch.rand(self.BLOCK * self.width, generator=generator)
+            self.values[s] = block.view(self.BLOCK, self.width).numpy()
+            self.cursor[s] = 0
+        rows = self.values[seeds, self.cursor[seeds]]
+        self.cursor[seeds] += 1
+        return rows
+
+    def sync(self, seeds: Iterable[int]) -> None:
+        """Rewind the generators of ``seeds`` to just past the draws used; drop their blocks."""
+        for s in seeds:
+            used, snapshot = int(self.cursor[s]), self.snapshots[s]
+            if used < self.BLOCK and snapshot is not None:
+                generator = self.generators[s]
+                generator.set_state(snapshot)
+                if used:
+                    torch.rand(used * self.width, generator=generator)
+            self.cursor[s], self.snapshots[s] = self.BLOCK, None
+
+    def discard(self) -> None:
+        """Drop every block without touching the generators (their states are being set)."""
+        self.cursor[:] = self.BLOCK
+        self.snapshots = [None] * len(self.generators)
 
 
 class _PerUnitReducer:
@@ -945,13 +976,14 @@ def check_optimizer_reset(
 class ContinualBackprop(GenerateAndTest):
     """Continual backpropagation for the hidden layers of any network.
 
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    >>> cbp = ContinualBackprop(net, opt, replacement_rate=1e-4, maturity_threshold=100)
-    >>> loss = net(torch.randn(3, 4)).pow(2).mean()
-    >>> opt.zero_grad(); loss.backward(); opt.step()
-    >>> cbp.step()   # generate-and-test on the activations of that forward pass
-    0
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        >>> cbp = ContinualBackprop(net, opt, replacement_rate=1e-4, maturity_threshold=100)
+        >>> loss = net(torch.randn(3, 4)).pow(2).mean()
+        >>> opt.zero_grad(); loss.backward(); opt.step()
+        >>> cbp.step()   # generate-and-test on the activations of that forward pass
+        0
 
     With ``example_inputs`` the hidden layers are found from one traced forward pass, in any
     network (see :mod:`cbp_rl.discovery`); with ``auto_step=True`` CBP steps itself after every
@@ -969,10 +1001,10 @@ class ContinualBackprop(GenerateAndTest):
     >>> net = Residual()
     >>> opt = torch.optim.Adam(net.parameters())
     >>> cbp = ContinualBackprop(net, opt, example_inputs=torch.zeros(1, 4), auto_step=True)
-    >>> [layer.name for layer in cbp.hidden_layers]
-    ['fc1']
-    >>> [item.name for item in cbp.left_out]
-    ['inp', 'fc2', 'head']
+    >>> print(*(layer.name for layer in cbp.hidden_layers))
+    fc1
+    >>> print(*(item.name for item in cbp.left_out))
+    inp fc2 head
     >>> net(torch.randn(3, 4)).sum().backward(); opt.step()   # CBP steps here
     >>> cbp.step_count
     1

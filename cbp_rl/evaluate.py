@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tyro
 
 from cbp_rl.lab.commands import COMMANDS
-from cbp_rl.run.checkpoint import CheckpointError
+from cbp_rl.run.conventions import run_command
 from cbp_rl.run.runtime import quiet_superseded_env_notices
 
 
@@ -36,30 +37,33 @@ class EvaluateArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate and print; returns the exit code (2 for bad input)."""
+    """Evaluate and print; returns the exit code (2 for bad input; see cbp_rl.run.conventions)."""
     quiet_superseded_env_notices()
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        parsed = tyro.cli(EvaluateArgs, args=args, prog="python -m cbp_rl.evaluate")
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 2)
-    from cbp_rl.agents.evaluation import evaluate_run
 
-    try:
-        result = evaluate_run(
-            parsed.run_dir,
-            episodes=parsed.episodes,
-            seed=parsed.seed,
-            policy_loader=COMMANDS.policy_loader,
-            device=parsed.device,
-            checkpoint=parsed.checkpoint,
-        )
-    except (ValueError, CheckpointError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
+    def parse() -> EvaluateArgs:
+        return tyro.cli(EvaluateArgs, args=args, prog="python -m cbp_rl.evaluate")
+
+    def evaluate(parsed: EvaluateArgs) -> Any:
+        from cbp_rl.agents.evaluation import evaluate_run
+
+        try:
+            return evaluate_run(
+                parsed.run_dir,
+                episodes=parsed.episodes,
+                seed=parsed.seed,
+                policy_loader=COMMANDS.policy_loader,
+                device=parsed.device,
+                checkpoint=parsed.checkpoint,
+            )
+        except RuntimeError as err:  # a device that is not there
+            raise ValueError(str(err)) from err
+
+    def show(result: Any) -> int:
+        print(result.summary())
+        return 0
+
+    return run_command("evaluate", parse, evaluate, show)
 
 
 if __name__ == "__main__":

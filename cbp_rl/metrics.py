@@ -8,6 +8,8 @@ Unit measures, on the activations ``h`` of one hidden layer:
 
 - dead unit fraction: the fraction of units with ``h_j = 0`` on every example and every position
   (Dohare et al. 2024; 2000 examples at the start of each task in permuted MNIST).
+- inactive unit fraction: the fraction of units non-zero on less than a threshold (0.01) of the
+  examples and positions (the "dormant units" of the reference's class-incremental CIFAR).
 - dormant ratio (ReDo, Sokar et al. 2023): ``score_j = a_j / mean_k a_k`` with
   ``a_j = mean_{M,P} |h_j|``; the fraction of units with ``score_j <= tau``. Every unit counts
   as dormant when the layer's mean ``mean_k a_k`` is 0. ``tau = 0`` counts units whose output is
@@ -99,6 +101,17 @@ def dead_unit_fraction(activations: Tensor) -> float:
     acts = _as_units_3d(activations)
     alive = (acts != 0).any(dim=2).any(dim=0)
     return float((~alive).sum().item()) / acts.shape[1]
+
+
+def inactive_unit_fraction(activations: Tensor, threshold: float = 0.01) -> float:
+    """Fraction of units that are non-zero on less than ``threshold`` of the examples and
+    positions: the "dormant units" of the reference's class-incremental CIFAR analysis
+    (threshold 0.01). ``threshold = 0`` counts no unit; a dead unit always counts when > 0."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    acts = _as_units_3d(activations)
+    active = (acts != 0).to(torch.float64).mean(dim=(0, 2))
+    return float((active < threshold).sum().item()) / acts.shape[1]
 
 
 def unit_mean_abs(activations: Tensor) -> Tensor:

@@ -379,3 +379,35 @@ def resnet18(
 def resnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
     """ResNet-50 (Bottlenecks ``[3, 4, 6, 3]``) in torchvision's layout; see :class:`ResNet`."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, **kwargs)
+
+
+def conv_net(num_classes: int = 2, in_channels: int = 3) -> nn.Sequential:
+    """The continual-ImageNet network of Dohare et al. (2024), for 32x32 images.
+
+    ``conv 5x5 32 -> pool -> conv 3x3 64 -> pool -> conv 3x3 128 -> pool -> fc 128 -> fc 128 ->
+    fc num_classes``, ReLU after every hidden layer, 2x2 max pooling after each convolution, and
+    PyTorch's default initialization, as in the reference. The modules are registered in the
+    order of the forward pass, so :class:`~cbp_rl.ContinualBackprop` finds its five hidden
+    layers; the output layer is the last module.
+    """
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}"
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(64, 128, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Flatten(),
+        nn.Linear(128 * 2 * 2, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )

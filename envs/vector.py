@@ -36,7 +36,6 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
-import signal
 import traceback
 import warnings
 import zlib
@@ -49,6 +48,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+from cbp_rl.run.runtime import parent_is_gone, signals_blocked, worker_process_setup
 
 VectorMode = Literal["auto", "sync", "async", "batched", "envpool"]
 VECTOR_MODES: tuple[str, ...] = get_args(VectorMode)
@@ -224,13 +225,14 @@ class ExactSnapshot(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     only the generator and counter are kept (``snapshot["exact"]`` is False): the agents reset
     such envs on resume. Values are plain Python (bytes, ints, strings, lists, dicts).
 
-    >>> env = ExactSnapshot(gym.make("InvertedPendulum-v4"))
-    >>> _ = env.reset(seed=0)
-    >>> saved = env.snapshot
-    >>> first = env.step(np.zeros(1, dtype=np.float32))[0]
-    >>> env.snapshot = saved
-    >>> bool((env.step(np.zeros(1, dtype=np.float32))[0] == first).all())
-    True
+    Examples:
+        >>> env = ExactSnapshot(gym.make("InvertedPendulum-v4"))
+        >>> _ = env.reset(seed=0)
+        >>> saved = env.snapshot
+        >>> first = env.step(np.zeros(1, dtype=np.float32))[0]
+        >>> env.snapshot = saved
+        >>> bool((env.step(np.zeros(1, dtype=np.float32))[0] == first).all())
+        True
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -402,15 +404,24 @@ def make_vector_env(
     if mode == "sync":
         envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     elif mode == "async":
-        envs = gym.vector.AsyncVectorEnv(
-            fns,
-            context=context,
-            autoreset_mode=AutoresetMode.SAME_STEP,
-            worker=cast(Any, _quiet_async_worker),
-        )
+        worker = functools.partial(_quiet_async_worker, parent_pid=_parent_pid(context))
+        with signals_blocked():
+            envs = gym.vector.AsyncVectorEnv(
+                fns,
+                context=context,
+                autoreset_mode=AutoresetMode.SAME_STEP,
+                worker=cast(Any, worker),
+            )
     else:
         envs = BatchedVectorEnv(fns, num_workers=workers, info_keys=info_keys, context=context)
     return RecordEpisodeStatistics(envs)
+
+
+def _parent_pid(context: str | None) -> int | None:
+    """This process's pid, for workers to check their parent against; ``None`` under the
+    forkserver start method (a worker's parent is then the server)."""
+    method = context or mp.get_start_method()
+    return None if method == "forkserver" else os.getpid()
 
 
 def _quiet_async_worker(
@@ -422,11 +433,14 @@ def _quiet_async_worker(
     error_queue: Any,
     autoreset_mode: AutoresetMode,
     semaphore: Any = None,
+    *,
+    parent_pid: int | None = None,
 ) -> None:
-    """Gymnasium's async worker, deaf to Ctrl+C: the main process stops the run gracefully."""
+    """Gymnasium's async worker, deaf to SIGINT and SIGTERM (the main process stops the run
+    gracefully) and gone with its parent (:func:`~cbp_rl.run.runtime.worker_process_setup`)."""
     from gymnasium.vector.async_vector_env import _async_worker
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_process_setup(parent_pid)
     _async_worker(
         index, env_fn, pipe, parent_pipe, shared_memory, error_queue, autoreset_mode, semaphore
     )
@@ -579,8 +593,9 @@ class BatchedVectorEnv(VectorEnv):
     ``AutoresetMode.SAME_STEP``): ``info["final_obs"]`` / ``info["_final_obs"]`` hold the last
     observations of ended episodes. Only ``info_keys`` (numeric scalars, with ``_key`` masks) and
     the final observations are passed back in ``info``. ``call``, ``get_attr`` and ``set_attr``
-    work as in Gymnasium's vector envs. Workers ignore SIGINT, so Ctrl+C reaches only the main
-    process, which stops gracefully.
+    work as in Gymnasium's vector envs. Workers ignore SIGINT and SIGTERM (a stop sent to the
+    process group is for the main process, which stops gracefully, then closes them) and exit
+    when the main process dies, even by SIGKILL (``cbp_rl.run.runtime.worker_process_setup``).
 
     Args:
         env_fns: functions that build the sub-environments (run in the workers).
@@ -638,15 +653,19 @@ class BatchedVectorEnv(VectorEnv):
         bounds = np.linspace(0, self.num_envs, min(num_workers, self.num_envs) + 1).astype(int)
         self._groups = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         payload = cloudpickle.dumps(list(env_fns))
+        parent_pid = _parent_pid(ctx.get_start_method())
         for worker, (start, stop) in enumerate(self._groups):
             parent, child = ctx.Pipe()
+            args = (payload, start, stop, self._layout, self._buffers, child, self.info_keys)
             process = ctx.Process(
                 target=_batched_worker,
                 name=f"BatchedVectorEnv-{worker}",
-                args=(payload, start, stop, self._layout, self._buffers, child, self.info_keys),
+                args=args,
+                kwargs={"parent_pid": parent_pid},
                 daemon=True,
             )
-            process.start()
+            with signals_blocked():
+                process.start()
             child.close()
             self._pipes.append(parent)
             self._processes.append(process)
@@ -774,8 +793,8 @@ class BatchedVectorEnv(VectorEnv):
                 pipe.send_bytes(pickle.dumps(("close", None)))
         for process in self._processes:
             process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
+            if process.is_alive():  # workers ignore SIGTERM: a stuck one is killed
+                process.kill()
                 process.join(timeout=1)
         for pipe in self._pipes:
             pipe.close()
@@ -783,6 +802,11 @@ class BatchedVectorEnv(VectorEnv):
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             self.close()
+
+
+_PARENT_CHECK_SECONDS = 2.0
+"""How long an idle worker waits on its pipe before checking that its parent lives (the
+fallback where the parent-death signal is unavailable)."""
 
 
 def _batched_worker(
@@ -793,9 +817,12 @@ def _batched_worker(
     buffers: dict[str, Any],
     pipe: Connection,
     info_keys: tuple[str, ...],
+    *,
+    parent_pid: int | None = None,
 ) -> None:
-    """The loop of one worker: steps envs ``start..stop-1`` on command."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The loop of one worker: steps envs ``start..stop-1`` on command; it ends when told, when
+    its pipe closes or when its parent is gone."""
+    worker_process_setup(parent_pid)
     arrays = _views(layout, buffers)
     envs: list[gym.Env] = []
     try:
@@ -817,6 +844,9 @@ def _batched_worker(
 
     while True:
         try:
+            while not pipe.poll(_PARENT_CHECK_SECONDS):
+                if parent_is_gone(parent_pid):
+                    raise EOFError
             message = pipe.recv_bytes()
         except (EOFError, OSError):
             break

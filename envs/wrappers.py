@@ -136,7 +136,7 @@ class SetParameter(_ParameterWrapper[ObsType, ActType], gym.utils.RecordConstruc
     values are copied when the wrapper is created; :attr:`value` can be set at any time, and the
     change holds from the next simulation step (no rebuild, the episode goes on).
 
-    Example:
+    Examples:
         >>> import gymnasium as gym
         >>> from cbp_rl.envs import SetParameter
         >>> env = SetParameter(gym.make("Ant-v5"), "gravity_scale", 0.5)
@@ -206,7 +206,7 @@ class ParameterSchedule(_ParameterWrapper[ObsType, ActType], gym.utils.RecordCon
     stepping in lockstep) so that each step counts ``num_envs`` agent steps; all copies then hold
     the same count, agree on the world's value, and each adopts it at its own episode boundary.
 
-    Example:
+    Examples:
         >>> import gymnasium as gym
         >>> from cbp_rl.envs import ParameterSchedule
         >>> env = ParameterSchedule(
@@ -221,7 +221,8 @@ class ParameterSchedule(_ParameterWrapper[ObsType, ActType], gym.utils.RecordCon
         env: a Gymnasium MuJoCo environment.
         field: the parameter (see :class:`SetParameter`).
         change_every: agent steps between changes of the world's value (``K > 0``).
-        low, high: the range of random values (``0 < low <= high`` for log-uniform).
+        low: the lower end of the random values (``0 < low <= high`` for log-uniform).
+        high: the upper end of the random values.
         seed: the seed of the random values; the same seed gives the same sequence.
         values: an explicit list of values instead of a random draw.
         cycle: repeat ``values`` after the last one (otherwise stay at the last one).
@@ -326,7 +327,7 @@ class SetFriction(SetParameter[ObsType, ActType]):
     would not make a robot slip: every geom gets ``friction``. Torsional and rolling friction
     keep their base values, which are kept to restore (:meth:`restore_base_values`).
 
-    Example:
+    Examples:
         >>> import gymnasium as gym
         >>> from cbp_rl.envs import SetFriction
         >>> env = SetFriction(gym.make("Ant-v5"), friction=0.1)
@@ -359,7 +360,7 @@ class FrictionSchedule(ParameterSchedule[ObsType, ActType]):
     ``cycle`` to repeat it) replaces the random draw. ``info["friction"]`` and :attr:`friction`
     hold the friction in force.
 
-    Example:
+    Examples:
         >>> import gymnasium as gym
         >>> from cbp_rl.envs import FrictionSchedule
         >>> env = FrictionSchedule(gym.make("Ant-v5"), change_every=1000, seed=3)

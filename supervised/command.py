@@ -5,27 +5,42 @@
     python -m cbp_rl.train pmnist --resume runs/bp100 --tasks 1600   # continue, exactly
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
-``--tasks``) needs to be given; changing anything else is refused.
+``--tasks``) needs to be given; changing anything else is refused. ``--resume-fallback`` resumes
+from the previous checkpoint when the latest is unreadable; exit codes, the run directory's lock
+and the refusals follow :mod:`cbp_rl.run.conventions`. The parsing and resume helpers here serve
+every supervised command (``regression`` too).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import tyro
 
+from cbp_rl.run import conventions
 from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.configs import config_from_dict
+from cbp_rl.run.conventions import UsageError, check_run_command, stop_exit_code
 from cbp_rl.run.logging import CONFIG_FILE
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.experiment import COMMAND_NAME, METRIC, UNIT, budget, run
+from cbp_rl.supervised.experiment import (
+    COMMAND_NAME,
+    METRIC,
+    UNIT,
+    PermutedMNISTRun,
+    budget,
+    prepare,
+    torch_threads,
+    train,
+)
 
-PROG = "python -m cbp_rl.train pmnist"
+ConfigT = TypeVar("ConfigT")
 
 
 def _resume_dir(argv: Sequence[str]) -> Path | None:
@@ -37,44 +52,48 @@ def _resume_dir(argv: Sequence[str]) -> Path | None:
     return None
 
 
-def saved_config(run_dir: Path) -> PermutedMNISTConfig:
-    """The configuration a run directory was started with (its ``config.json``)."""
+def load_saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
+    """The ``cls`` configuration a ``command`` run directory was started with (``config.json``)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(
-            "has no config.json: not a pmnist run directory",
-            run_dir,
-            "pass the directory a `python -m cbp_rl.train pmnist` run wrote",
+        raise UsageError(
+            f"--resume {run_dir}: no config.json there, so not a {command} run directory; pass "
+            f"the directory a `python -m cbp_rl.train {command}` run wrote"
         )
     with open(path, encoding="utf-8") as f:
         values = json.load(f)
+    if not isinstance(values, dict):
+        raise UsageError(f"--resume {run_dir}: its config.json holds no configuration")
+    check_run_command(values, run_dir, command=command)
+    for key in conventions.COMMAND_KEYS:
+        values.pop(key, None)
     try:
-        config = config_from_dict(PermutedMNISTConfig, values)
+        config: ConfigT = config_from_dict(cls, values)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"config.json does not describe a pmnist run: {err}", path, "check the directory"
-        ) from err
+        raise UsageError(f"--resume {run_dir}: its config.json cannot be read: {err}") from err
     return config
 
 
-def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
-    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> ConfigT:
+    """A ``cls`` configuration from command-line flags (with ``--resume``: over the saved one)."""
     resume = _resume_dir(argv)
     markers = (tyro.conf.OmitArgPrefixes,)
+    prog = f"python -m cbp_rl.train {command}"
     if resume is None:
-        return tyro.cli(PermutedMNISTConfig, args=list(argv), prog=PROG, config=markers)
-    default = saved_config(resume)
-    return tyro.cli(
-        PermutedMNISTConfig, args=list(argv), prog=PROG, default=default, config=markers
-    )
+        return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
+    default = load_saved_config(resume, cls, command)
+    return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
+def run_command(
+    argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]
+) -> int:
+    """Parse and run a supervised command; returns the exit code (2 for bad input, with the
+    reason on stderr; 1 when ``start`` reports that nothing was done)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse(args)
-        summary = run(config)
+        worked = start(config)
     except SystemExit as exit_:  # tyro: --help or a malformed flag
         code = exit_.code
         return code if isinstance(code, int) else 2
@@ -87,7 +106,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0 if summary.tasks_done or summary.stopped else 1
+    return 0 if worked else 1
+
+
+def saved_config(run_dir: Path) -> PermutedMNISTConfig:
+    """The configuration a pmnist run directory was started with (its ``config.json``)."""
+    return load_saved_config(run_dir, PermutedMNISTConfig, "pmnist")
+
+
+def parse(argv: Sequence[str]) -> PermutedMNISTConfig:
+    """The configuration from command-line flags (with ``--resume``: over the saved one)."""
+    return parse_config(PermutedMNISTConfig, argv, "pmnist")
+
+
+def prepare_run(config: PermutedMNISTConfig) -> PermutedMNISTRun:
+    """Claim the run directory, load the data and build (or restore) the run."""
+    try:
+        return prepare(config)
+    except (DataUnavailableError, ChecksumError) as err:
+        raise UsageError(str(err)) from err
+
+
+def execute(experiment: PermutedMNISTRun) -> int:
+    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
+    with torch_threads(experiment.config.run.threads):
+        summary = train(experiment)
+    return stop_exit_code(summary.stopped_by)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return conventions.run_command(
+        f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute
+    )
 
 
 def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -123,9 +175,9 @@ COMMAND = Command(
     unit=UNIT,
     budget=budget,
     budget_flags=("--tasks",),
-    reserved=("seed", "seeds", "run-dir", "resume"),
+    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
-    resume_flags=lambda config: ["--tasks", str(config.tasks)],
+    resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
     cost=cost,
     batches_seeds=True,
 )

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 from cbp_rl.cbp import CBPConfig
 from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.activations import get_activation
 from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
@@ -64,6 +65,7 @@ _BASE = {
 }
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DataConfig:
     """Where the digits come from."""
@@ -79,6 +81,7 @@ class DataConfig:
     """Check every file's md5 against the official dataset."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class NetworkConfig:
     """The MLP: inputs -> width x depth -> 10."""
@@ -100,6 +103,7 @@ class NetworkConfig:
         validate_init(self.init)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer (None: the learner's default)."""
@@ -126,6 +130,7 @@ class OptimConfig:
             raise ValueError(f"--update-window must be >= 1, got {self.update_window}")
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PerturbConfig:
     """Shrink and perturb (snp), on top of weight decay."""
@@ -137,6 +142,7 @@ class PerturbConfig:
     """Multiply every weight by this after each step (1: shrink only through weight decay)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class DropoutConfig:
     """Dropout on the hidden units."""
@@ -146,6 +152,7 @@ class DropoutConfig:
     figure 4.8), else 0."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OnlineNormFlags:
     """Online normalization (Chiley et al. 2019) before each hidden activation."""
@@ -162,6 +169,7 @@ class OnlineNormFlags:
     """Clamp the normalized output to [-c, c] (activation clamping); 0 disables."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ReDoConfig:
     """ReDo (learner redo): periodic reinitialization of dormant units."""
@@ -187,6 +195,7 @@ _CBPHyperparameters = cbp_flags(
 """The CBP hyperparameters (:class:`cbp_rl.CBPConfig`'s fields) as pmnist's flags."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest; its hyperparameters
@@ -199,6 +208,7 @@ class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
         return to_cbp_config(self)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class FieldMethodFlags:
     """The field's methods (learners l2init ... upgd, cbp_rl.methods; the papers' defaults),
@@ -240,6 +250,7 @@ class MeasureConfig:
     """Examples of the new task the measures are taken on."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunConfig:
     """Run directory, checkpoints and machine."""
@@ -249,6 +260,8 @@ class RunConfig:
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint (other flags default to the
     saved ones; --tasks may grow)."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: int | None = None
     """Examples between checkpoints; default one task; 0: only at the end and on Ctrl+C."""
     threads: int | None = 1
@@ -260,6 +273,7 @@ class RunConfig:
     """Show a progress bar (on a terminal)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PermutedMNISTConfig:
     """Online permuted MNIST (thesis chapter 4): a sequence of tasks, each a fixed random

@@ -12,9 +12,12 @@ else the user cache ``~/.cache/cbp_rl/<dataset>`` plus system folders (Debian's
 ``dataset-fashion-mnist`` package puts Fashion-MNIST in ``/usr/share/datasets/fashion-mnist``).
 A directory may hold the files itself or in a ``mnist`` / ``fashion-mnist`` subfolder.
 
->>> images = load_images("mnist", "../shared/data/mnist", download=False)  # doctest: +SKIP
->>> images.images.shape, images.split
-((10000, 784), 'test')
+Examples:
+    With the MNIST files in ``$CBP_RL_DATA_DIR`` (or pass the folder as ``data_dir``):
+
+    >>> digits = load_images("mnist", split="test", download=False)
+    >>> digits.images.shape, digits.labels.shape, digits.split
+    ((10000, 784), (10000,), 'test')
 """
 
 from __future__ import annotations
@@ -374,6 +377,12 @@ def load_images(
     info = dataset_info(dataset)
     if split not in ("auto", "train", "test"):
         raise ValueError(f"split must be auto, train or test, got {split!r}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+        raise DataUnavailableError(
+            f"--data-dir {data_dir} {what}: pass the directory holding the {info.name} IDX files "
+            "(gzip or raw), or create it first for the download to go there"
+        )
     dirs = search_dirs(info, data_dir)
     wanted: list[str] = ["train", "test"] if split == "auto" else [split]
     download_errors: list[str] = []
@@ -408,17 +417,16 @@ def _missing_message(
     info: DatasetInfo, dirs: Sequence[Path], wanted: Sequence[str], download: bool, errors: list
 ) -> str:
     names = ", ".join(f"{idx.name}[.gz]" for split in wanted for idx in info.files[split])
-    where = "\n  ".join(str(d) for d in dirs)
+    where = ", ".join(str(d) for d in dirs)
     lines = [
-        f"no {info.name} files found: looked for {names} in\n  {where}",
+        f"the {info.name} files are not here: pass --data-dir DIR (or set {DATA_DIR_ENV}=DIR) "
+        f"for a directory holding the IDX files (gzip or raw), or run once with internet "
+        f"access so they are downloaded from {info.mirrors[0]}",
+        f"looked for {names} in {where}",
     ]
     if download:
-        lines.append("and the download failed (offline?):\n  " + "\n  ".join(errors))
-    lines.append(
-        f"Fix: pass --data-dir DIR (or set {DATA_DIR_ENV}=DIR) for a directory holding the IDX "
-        f"files (gzip or raw), or run once on a machine with internet access so they are "
-        f"downloaded from {info.mirrors[0]}"
-    )
+        lines.append(f"and the download failed (offline?): {len(errors)} attempt(s), the last: ")
+        lines[-1] += errors[-1].splitlines()[-1].strip() if errors else "none tried"
     return "\n".join(lines)
 
 

@@ -47,6 +47,9 @@ from cbp_rl.supervised.onlinenorm import NormCache, NormState, OnlineNorm1d, Onl
 from cbp_rl.supervised.stream import generators_for, stream_seed
 
 OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("cross_entropy", "squared_error")
+"""``cross_entropy`` (classification, integer labels) or ``squared_error`` (regression, one
+output, float targets: ``F.mse_loss``)."""
 WINDOW_EXAMPLES = 256
 """At most this many examples per window (the first layer's window products are [S, n, n])."""
 DEFER_HIDDEN_ELEMENTS = 2**21
@@ -56,7 +59,7 @@ it they sit in cache and the extra small products would cost more than they save
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """An MLP ``inputs -> width x depth -> outputs``."""
+    """An MLP ``inputs -> width x depth -> outputs`` (depth 0: a linear model)."""
 
     inputs: int = 784
     width: int = 2000
@@ -68,9 +71,11 @@ class NetworkSpec:
     hidden layers and gain 1 for the output layer; zero biases."""
 
     def __post_init__(self) -> None:
-        for name in ("inputs", "width", "depth", "outputs"):
+        for name in ("inputs", "width", "outputs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.depth) < 0:
+            raise ValueError(f"depth must be >= 0 (0: a linear model), got {self.depth}")
         get_activation(self.activation)
         validate_init(self.init)
 
@@ -343,11 +348,12 @@ class BatchedReDo:
 class BatchedLearner:
     """S seeds of one learner on one stacked MLP.
 
-    >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
-    >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
-    >>> engine.step(x, y)
-    >>> engine.weights[0].shape
-    torch.Size([2, 784, 8])
+    Examples:
+        >>> engine = BatchedLearner(NetworkSpec(width=8, depth=2), LearnerSpec(), seeds=[0, 1])
+        >>> x, y = torch.rand(2, 1, 784), torch.tensor([[3], [5]])
+        >>> engine.step(x, y)
+        >>> engine.weights[0].shape
+        torch.Size([2, 784, 8])
 
     Args:
         network: the MLP.
@@ -357,7 +363,11 @@ class BatchedLearner:
             collected over this many steps and applied as one rank-k update (see
             :class:`PendingUpdates`); the network computes with the updated weights at every
             step all the same. 1 applies every update at once.
-        device, dtype: where and in what the tensors live.
+        loss: ``cross_entropy`` (labels are class indices, ``take_totals`` counts correct
+            predictions) or ``squared_error`` (one output, float targets; the summed loss is
+            the summed squared error).
+        device: where the tensors live.
+        dtype: their floating-point type.
     """
 
     def __init__(
@@ -367,9 +377,15 @@ class BatchedLearner:
         seeds: Sequence[int],
         *,
         window: int = 32,
+        loss: str = "cross_entropy",
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid losses are {', '.join(LOSSES)}")
+        if loss == "squared_error" and network.outputs != 1:
+            raise ValueError(f"squared_error needs one output, got {network.outputs}")
+        self.loss = loss
         if not seeds:
             raise ValueError("need at least one seed")
         if len(set(seeds)) != len(seeds):
@@ -694,6 +710,8 @@ class BatchedLearner:
 
     def _loss_gradient(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Count correct predictions and the cross-entropy; return d(mean loss)/d(logits)."""
+        if self.loss == "squared_error":
+            return self._squared_error_gradient(logits, labels)
         batch = labels.shape[1]
         target = labels.unsqueeze(-1)
         log_probs = torch.log_softmax(logits, -1)
@@ -706,6 +724,13 @@ class BatchedLearner:
             self._minus_one[batch] = minus_one
         grad.scatter_add_(-1, target, minus_one)
         return grad.div_(batch) if batch > 1 else grad
+
+    def _squared_error_gradient(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Sum the squared errors; return d(mean squared error)/d(outputs), ``F.mse_loss``'s."""
+        batch = targets.shape[1]
+        error = outputs.sub_(targets.unsqueeze(-1))  # [S, B, 1]; the outputs are used up
+        self.loss_sum.add_(error.square().sum((1, 2)))
+        return error.mul_(2.0 / batch)
 
     def _update_layer(self, layer: int, layer_input: Tensor, grad: Tensor) -> None:
         weight, bias = self.weights[layer], self.biases[layer]

@@ -17,9 +17,11 @@ TensorBoard steps are task numbers (1 = the first task). Tags: ``task/accuracy``
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,21 @@ from cbp_rl.run.checkpoint import (
     check_compatible,
     to_jsonable,
 )
-from cbp_rl.run.logging import RunLogger, RunStatusWriter
+from cbp_rl.run.conventions import (
+    COMMAND_KEY,
+    UsageError,
+    check_finite_losses,
+    check_finite_weights,
+    check_memory,
+    refuse_finished,
+)
+from cbp_rl.run.logging import CONFIG_FILE, RunStatusWriter
+from cbp_rl.run.rundir import (
+    check_run_dir_path,
+    claim_run_dir,
+    claims_released,
+    unresumable_message,
+)
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
 from cbp_rl.supervised.autograd import PerSeedLearner
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
@@ -42,6 +58,7 @@ from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.results import RunResults
+from cbp_rl.supervised.seedlogs import SeedLogs
 from cbp_rl.supervised.stream import PermutedTasks, TaskPlan
 
 COMMAND_NAME = "pmnist"
@@ -80,6 +97,8 @@ class RunSummary:
     """Stopped early (signal or ``stop_at_examples``); resume with ``--resume run_dir``."""
     accuracy: np.ndarray
     """``[S, tasks_done]`` online accuracy per seed and task."""
+    stopped_by: signal.Signals | None = None
+    """The signal that stopped the run, if one did."""
 
 
 def make_engine(
@@ -130,7 +149,7 @@ class PermutedMNISTRun:
         self.plan: TaskPlan | None = None
         self.replaced_before = self.engine.replacements()
         self.checkpoints = CheckpointManager(run_dir, every=config.checkpoint_interval)
-        self.loggers: list[RunLogger] = []
+        self.logs: SeedLogs | None = None
         self.status = RunStatusWriter(
             run_dir, command=COMMAND_NAME, total=budget(config), unit=UNIT, metric=METRIC
         )
@@ -142,30 +161,25 @@ class PermutedMNISTRun:
 
     def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
         """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
-        config = to_jsonable(self.config)
         step = None if resume_positions is None else self.task + 1
-        dirs = [self.run_dir] + [self.run_dir / f"seed_{s}" for s in self.config.seed_list]
-        configs = [config] + [{**config, "seed": s, "seeds": 1} for s in self.config.seed_list]
-        for index, (directory, cfg) in enumerate(zip(dirs, configs, strict=True)):
-            position = None if resume_positions is None else resume_positions[index]
-            self.loggers.append(
-                RunLogger(directory, cfg, resume_step=step, resume_position=position)
-            )
+        self.logs = SeedLogs(
+            self.run_dir,
+            {COMMAND_KEY: COMMAND_NAME, **to_jsonable(self.config)},
+            self.config.seed_list,
+            resume_step=step,
+            resume_positions=resume_positions,
+        )
         if resume_positions is not None and self.position > 0:
             self._log_measures(self.task)  # the resumed task's start measures were purged
 
     def close(self) -> None:
-        for logger in self.loggers:
-            logger.close()
+        if self.logs is not None:
+            self.logs.close()
 
     def _log(self, values: dict[str, np.ndarray], step: int) -> None:
         """Log ``{tag: [S] values}``: per seed, and their mean in the root log."""
-        finite = {tag: v for tag, v in values.items() if np.all(np.isfinite(v))}
-        if not finite:
-            return
-        self.loggers[0].scalars({tag: float(np.mean(v)) for tag, v in finite.items()}, step)
-        for s, logger in enumerate(self.loggers[1:]):
-            logger.scalars({tag: float(v[s]) for tag, v in finite.items()}, step)
+        assert self.logs is not None
+        self.logs.log(values, step)
 
     def _log_measures(self, task: int) -> None:
         measures = self.results.measures_of(task)
@@ -208,11 +222,26 @@ class PermutedMNISTRun:
         measures.update(weight_measures(self.engine.weights))
         return measures
 
+    def check_finite(self, losses: np.ndarray | None = None) -> None:
+        """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight of any seed."""
+        where, last = str(self.run_dir), self.checkpoints.last_step
+        step = self.examples_done
+        if losses is not None:
+            seeds = self.config.seed_list
+            values = {f"task/loss, seed {s}": float(x) for s, x in zip(seeds, losses, strict=True)}
+            check_finite_losses(values, step=step, last_checkpoint=last, where=where)
+        tensors = {
+            f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
+            for i, t in enumerate(self.engine.parameters())
+        }
+        check_finite_weights(tensors, step=step, last_checkpoint=last, where=where)
+
     def finish_task(self) -> None:
         correct, loss_sum, examples = self.engine.take_totals()
         replaced = self.engine.replacements()
         accuracy = correct.cpu().double().numpy() / examples
         loss = loss_sum.cpu().numpy() / examples
+        self.check_finite(loss)
         per_task = (replaced - self.replaced_before).numpy()
         self.replaced_before = replaced
         self.results.record_task(self.task, accuracy, loss, per_task)
@@ -290,6 +319,7 @@ class PermutedMNISTRun:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        self.check_finite()
         plan = self.plan
         state = {
             "config": to_jsonable(self.config),
@@ -303,7 +333,7 @@ class PermutedMNISTRun:
             "stream": self.stream.state_dict(),
             "results": self.results.state_dict(),
             "replaced_before": self.replaced_before,
-            "log_positions": [logger.position() for logger in self.loggers],
+            "log_positions": [] if self.logs is None else self.logs.positions(),
             "rng": capture_rng_state(),
         }
         self.checkpoints.save(self.examples_done, state)
@@ -344,7 +374,69 @@ class PermutedMNISTRun:
 
 
 def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun:
-    """Load the data and build (or restore) the run, its directory and logs."""
+    """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
+    run's checkpoint, load the data and build (or restore) the run and its logs."""
+    check_memory(
+        estimated_memory(config),
+        what=f"{config.seeds} seed(s) of {config.network.depth} x {config.network.width} units",
+        fix="choose a smaller --width or fewer --seeds",
+    )
+    if config.run.resume is None:
+        run_dir = _fresh_run_dir(config)
+        images = _load_images(config, log)
+        experiment = PermutedMNISTRun(config, images, run_dir)
+        experiment.open_logs()
+        return experiment
+    run_dir = Path(config.run.resume)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    claim_run_dir(run_dir, command=COMMAND_NAME, flag="--resume")
+    manager = CheckpointManager(run_dir, every=config.checkpoint_interval)
+    if not manager.exists():
+        raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
+    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
+    assert state is not None
+    check_compatible(
+        state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
+    )
+    total, done = budget(config), int(state["step"])
+    if total < done:
+        raise ValueError(
+            f"--tasks {config.tasks} is fewer than the tasks the run has already done "
+            f"({done // config.examples_per_task}); give at least as many"
+        )
+    refuse_finished(run_dir, done=done, total=total, command=COMMAND_NAME, flag="--tasks")
+    experiment = PermutedMNISTRun(config, _load_images(config, log), run_dir)
+    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
+    positions = experiment.restore(state)
+    experiment.checkpoints.last_step = done
+    experiment.open_logs(positions)
+    log(
+        f"resuming {run_dir} at task {experiment.task + 1}, example "
+        f"{experiment.position:,} of {config.examples_per_task:,}"
+    )
+    return experiment
+
+
+def _fresh_run_dir(config: PermutedMNISTConfig) -> Path:
+    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
+    if config.run.run_dir is None:
+        root = check_run_dir_path(Path("runs") / COMMAND_NAME, flag="--run-dir")
+        run_dir = new_run_dir(root, config.label())
+    else:
+        run_dir = Path(config.run.run_dir)
+    claim_run_dir(run_dir, command=COMMAND_NAME)
+    if (run_dir / CONFIG_FILE).exists():
+        if not CheckpointManager(run_dir).exists():
+            raise UsageError(unresumable_message(run_dir, command=COMMAND_NAME))
+        raise UsageError(
+            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
+            "choose another directory"
+        )
+    return run_dir
+
+
+def _load_images(config: PermutedMNISTConfig, log: Log) -> ImageSet:
     images = load_images(
         config.data.dataset,
         config.data.data_dir,
@@ -352,32 +444,18 @@ def prepare(config: PermutedMNISTConfig, log: Log = _stderr) -> PermutedMNISTRun
         verify=config.data.verify_data,
     )
     log(images.note)
-    if config.run.resume is not None:
-        run_dir = Path(config.run.resume)
-        manager = CheckpointManager(run_dir)
-        state = manager.load_latest(required=True)
-        assert state is not None
-        check_compatible(
-            state["config"], to_jsonable(config), ignore=RESUMABLE_CHANGES, path=manager.path
-        )
-        if config.tasks * config.examples_per_task < int(state["step"]):
-            raise ValueError(
-                f"--tasks {config.tasks} is fewer than the tasks the run has already done "
-                f"({int(state['step']) // config.examples_per_task}); give at least as many"
-            )
-        experiment = PermutedMNISTRun(config, images, run_dir)
-        positions = experiment.restore(state)
-        experiment.checkpoints.last_step = int(state["step"])
-        experiment.open_logs(positions)
-        log(
-            f"resuming {run_dir} at task {experiment.task + 1}, example "
-            f"{experiment.position:,} of {config.examples_per_task:,}"
-        )
-        return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / COMMAND_NAME, config.label())
-    experiment = PermutedMNISTRun(config, images, Path(run_dir))
-    experiment.open_logs()
-    return experiment
+    return images
+
+
+def estimated_memory(config: PermutedMNISTConfig) -> int:
+    """Bytes a run needs, roughly: per seed, the weights four times over (values, update
+    buffers, optimizer or utility state) and one chunk of inputs and activations."""
+    width, depth = config.network.width, config.network.depth
+    pixels = 28 * 28
+    weights = (pixels + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * 10
+    chunk = CHUNK_STEPS * config.batch_size * (pixels + depth * width)
+    probe = min(config.measures.probe_examples, config.examples_per_task) * width * depth
+    return config.seeds * 4 * (4 * weights + 2 * chunk) + 4 * min(probe, PROBE_BYTES)
 
 
 def run(
@@ -386,23 +464,38 @@ def run(
     stop_at_examples: int | None = None,
     log: Log = _stderr,
 ) -> RunSummary:
-    """Train (or resume) a run; returns where it ended.
+    """Train (or resume) a run; returns where it ended (:func:`prepare`, then :func:`train`).
 
     ``stop_at_examples`` stops at the last window boundary (``engine.window_steps`` steps)
     at or before that many examples in all, counting from the run's start, and saves a
-    checkpoint, as a signal would: resume with ``run.resume``.
+    checkpoint, as a signal would: resume with ``run.resume``. The run directory is locked
+    until it returns.
     """
-    threads = torch.get_num_threads()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    try:
-        return _run(config, stop_at_examples, log)
-    finally:
+    with claims_released(), torch_threads(config.run.threads):
+        return train(prepare(config, log), stop_at_examples=stop_at_examples, log=log)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: unchanged)."""
+    before = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
-    experiment = prepare(config, log)
+def train(
+    experiment: PermutedMNISTRun, *, stop_at_examples: int | None = None, log: Log = _stderr
+) -> RunSummary:
+    """Run a prepared experiment to its end, a stop signal or ``stop_at_examples``.
+
+    Raises :class:`~cbp_rl.run.conventions.NonFiniteError` (and writes no checkpoint) when a loss
+    or weight becomes non-finite.
+    """
+    config = experiment.config
     total = budget(config)
     limit = total if stop_at_examples is None else min(total, stop_at_examples)
     try:
@@ -427,14 +520,15 @@ def _run(config: PermutedMNISTConfig, stop_at_examples: int | None, log: Log) ->
     done = experiment.results.tasks_done
     accuracy = experiment.results.arrays["accuracy"][:, :done]
     if stopped:
+        by = f"stopped by {signal_name}" if signal_name else "stopped"
         log(
-            f"stopped at task {experiment.task + 1}, example {experiment.position:,}: "
+            f"{by} at task {experiment.task + 1}, example {experiment.position:,}: "
             f"resume with --resume {experiment.run_dir}"
         )
     else:
         last = accuracy[:, -1].mean() if done else math.nan
         log(f"done: {done} tasks in {experiment.run_dir} (last task accuracy {last:.4f})")
-    return RunSummary(experiment.run_dir, done, stopped, accuracy)
+    return RunSummary(experiment.run_dir, done, stopped, accuracy, stop.signal)
 
 
-__all__ = ["PermutedMNISTRun", "RunSummary", "prepare", "run"]
+__all__ = ["PermutedMNISTRun", "RunSummary", "estimated_memory", "prepare", "run", "train"]

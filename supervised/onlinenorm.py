@@ -158,9 +158,10 @@ class _OnlineNormFunction(torch.autograd.Function):
 class OnlineNorm1d(nn.Module):
     """Online normalization of ``[B, units]`` pre-activations, with learnable scale and shift.
 
-    >>> norm = OnlineNorm1d(4)
-    >>> norm(torch.randn(1, 4)).shape
-    torch.Size([1, 4])
+    Examples:
+        >>> norm = OnlineNorm1d(4)
+        >>> norm(torch.randn(1, 4)).shape
+        torch.Size([1, 4])
 
     Training mode uses and updates the streaming statistics (forward) and control variables
     (backward); evaluation mode normalizes with the current statistics.

@@ -27,6 +27,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,11 +98,7 @@ class RunResults:
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``run_dir/results.npz`` atomically; returns its path."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **self.to_npz_dict())  # type: ignore[arg-type]
-        path = Path(run_dir) / RESULTS_FILE
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
-        return path
+        return save_npz(run_dir, self.to_npz_dict())
 
     def state_dict(self) -> dict[str, object]:
         """For checkpoints: tensors and numbers only."""
@@ -126,6 +123,101 @@ class RunResults:
         return results
 
 
+def save_npz(run_dir: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``run_dir/results.npz`` atomically; returns its path."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    path = Path(run_dir) / RESULTS_FILE
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return path
+
+
+class BinnedResults:
+    """Per-seed, per-bin results of a run over one example stream (slowly-changing regression),
+    written to ``results.npz``:
+
+    ========================= ========== ================================================
+    array                     shape      meaning
+    ========================= ========== ================================================
+    ``seeds``                 ``[S]``    the run seeds
+    ``bins_done``             ``[]``     bins finished (columns past it are NaN)
+    ``bin_size``              ``[]``     examples per bin
+    ``errors``                ``[S, B]`` mean squared error over the bin, each example's
+                                         error taken before the update on it
+    ``dead_units``            ``[S, B]`` at the bin's end: fraction of hidden units that
+                                         output 0 on every probe input
+    ``effective_rank``        ``[S, B]`` at the bin's end: of the hidden layer's
+                                         activations on the probe inputs
+    ``weight_magnitude``      ``[S, B]`` at the bin's end: mean ``|W|`` into the hidden layer
+    ``weight_magnitude_out``  ``[S, B]`` at the bin's end: mean ``|W|`` of the output layer
+    ``replacements``          ``[S, B]`` hidden units CBP replaced during the bin
+    ========================= ========== ================================================
+
+    Without a hidden layer (the linear learner) the hidden-layer measures are NaN.
+    """
+
+    NAMES = (
+        "errors",
+        "dead_units",
+        "effective_rank",
+        "weight_magnitude",
+        "weight_magnitude_out",
+        "replacements",
+    )
+
+    def __init__(self, seeds: Sequence[int], bins: int, bin_size: int) -> None:
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.bin_size = int(bin_size)
+        self.bins_done = 0
+        self.arrays = {name: np.full((len(seeds), bins), np.nan) for name in self.NAMES}
+
+    @property
+    def bins(self) -> int:
+        return int(self.arrays["errors"].shape[1])
+
+    def grow(self, bins: int) -> None:
+        """Make room for ``bins`` bins (a resumed run that goes on longer)."""
+        extra = bins - self.bins
+        if extra > 0:
+            pad = np.full((len(self.seeds), extra), np.nan)
+            self.arrays = {n: np.concatenate([a, pad], axis=1) for n, a in self.arrays.items()}
+
+    def record(self, index: int, values: Mapping[str, np.ndarray]) -> None:
+        """Store bin ``index``'s ``[S]`` values by name; the bin counts as done."""
+        for name, value in values.items():
+            self.arrays[name][:, index] = value
+        self.bins_done = index + 1
+
+    def to_npz_dict(self) -> dict[str, np.ndarray]:
+        return {
+            "seeds": self.seeds,
+            "bins_done": np.asarray(self.bins_done),
+            "bin_size": np.asarray(self.bin_size),
+            **self.arrays,
+        }
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        """Write ``run_dir/results.npz`` atomically; returns its path."""
+        return save_npz(run_dir, self.to_npz_dict())
+
+    def state_dict(self) -> dict[str, object]:
+        """For checkpoints: tensors and numbers only."""
+        return {
+            "seeds": self.seeds.tolist(),
+            "bins_done": self.bins_done,
+            "bin_size": self.bin_size,
+            "arrays": {name: torch.from_numpy(a.copy()) for name, a in self.arrays.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> BinnedResults:
+        arrays = state["arrays"]
+        results = cls(state["seeds"], arrays["errors"].shape[1], int(state["bin_size"]))
+        results.arrays = {name: tensor.numpy().copy() for name, tensor in arrays.items()}
+        results.bins_done = int(state["bins_done"])
+        return results
+
+
 def load_results(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """``results.npz`` (or a run directory holding it) as a dict of arrays."""
     path = Path(path)
@@ -135,4 +227,4 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
-__all__ = ["RESULTS_FILE", "RunResults", "load_results"]
+__all__ = ["RESULTS_FILE", "BinnedResults", "RunResults", "load_results", "save_npz"]

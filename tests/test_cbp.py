@@ -702,3 +702,26 @@ def test_non_negative_shortcut_only_where_discovery_proves_it() -> None:
         explicit.step()
         discovered.step()
     torch.testing.assert_close(explicit.utility, discovered.utility)
+
+
+def test_buffered_replacement_draws_equal_one_draw_per_step() -> None:
+    """Probabilistic replacement takes its per-step draws from blocks: the same numbers as one
+    ``torch.rand(layers)`` per step, and every later draw of the generator is unchanged."""
+    from cbp_rl.cbp import _BufferedUniform
+
+    buffered = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    plain = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    uniform = _BufferedUniform(buffered, 2)
+    for step in range(1500):  # crosses a block boundary
+        seeds = np.array([0, 1]) if step % 3 else np.array([1])
+        rows = uniform.next(seeds)
+        expected = np.stack([torch.rand(2, generator=plain[s]).numpy() for s in seeds])
+        np.testing.assert_array_equal(rows, expected)
+        if step in (7, 1100):
+            uniform.sync([1])
+            assert torch.equal(
+                torch.rand(5, generator=buffered[1]), torch.rand(5, generator=plain[1])
+            )
+    uniform.sync(range(2))
+    for mine, theirs in zip(buffered, plain, strict=True):
+        assert torch.equal(mine.get_state(), theirs.get_state())

@@ -396,7 +396,11 @@ def test_manager_corrupt_latest_falls_back_only_when_asked(tmp_path: Path) -> No
     with pytest.raises(CheckpointError) as info:
         CheckpointManager(tmp_path).load_latest()
     message = str(info.value)
-    assert "corrupt or truncated" in message and "fallback=True" in message
+    assert (
+        "corrupt or truncated" in message
+        and "--resume-fallback" in message
+        and message.count("Fix:") == 1
+    )
     assert str(manager.prev_path) in message
 
     resumed = CheckpointManager(tmp_path)

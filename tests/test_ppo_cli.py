@@ -107,7 +107,7 @@ def test_step_counts_accept_scientific_notation() -> None:
         (["--env", "Ant-v3"], "Use the -v4 or -v5 MuJoCo envs"),
         (["--batch-size", "2040"], "does not split into 16 equal minibatches"),
         (["--batch-size", "2044", "--num-minibatches", "4"], "does not split over 8 environments"),
-        (["--total-steps", "-5"], "total_steps must be positive"),
+        (["--total-steps", "-5"], "--total-steps must be positive"),
         (["--total-steps", "1.5"], "whole number"),
         (["--lr", "0"], "lr must be positive"),
         (["--betas", "0.9", "1.5"], "betas must be two numbers in [0, 1)"),
@@ -133,6 +133,7 @@ def test_a_run_directory_that_holds_a_run_is_not_reused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
     assert ppo_command.main(["--run-dir", str(tmp_path)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 

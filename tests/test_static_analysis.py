@@ -1,12 +1,12 @@
 """ruff, mypy and the import layers (import-linter), configured in pyproject.toml, are clean.
 
 mypy cannot follow setuptools' editable-install finder, which maps ``agents/`` to
-``cbp_rl.agents`` and so on; it checks a symlink view of the installed layout instead.
+``cbp_rl.agents`` and so on; it checks a symlink view of the installed layout instead
+(``tools/installed_layout.py``, which the docs' API reference reads too).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("agents", "envs", "supervised")
+sys.path.insert(0, str(ROOT / "tools"))
+from installed_layout import installed_layout  # noqa: E402
 
 
 def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
-
-
-def installed_layout(view: Path) -> Path:
-    """A directory holding ``cbp_rl`` as installed: core files plus the three subpackages."""
-    package = view / "cbp_rl"
-    if view.exists():
-        shutil.rmtree(view)
-    package.mkdir(parents=True)
-    for entry in (ROOT / "cbp_rl").iterdir():
-        if entry.name != "__pycache__":
-            (package / entry.name).symlink_to(entry)
-    for name in SUBPACKAGES:
-        (package / name).symlink_to(ROOT / name)
-    return view
 
 
 def test_ruff_is_clean() -> None:

@@ -76,13 +76,13 @@ def test_pmnist_batches_consecutive_seeds() -> None:
     assert [r.name for r in runs] == ["base-s0-2", "base-s3-4", "base-s9"]
     assert runs[1].argv[-4:] == ("--seed", "3", "--seeds", "2")
     assert runs[0].total == 500 and runs[0].resources == Resources(2.0, 0.0, 3)
-    assert runs[0].resume_flags == ("--tasks", "5")
+    assert runs[0].resume_flags == ("--tasks", "5", "--resume-fallback")
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"command": "dqn"}, "unknown command 'dqn'; choose one of ppo, sac, pmnist"),
+        ({"command": "dqn"}, "unknown command 'dqn'; choose one of ppo, sac, pmnist, regression"),
         ({"sweeps": 3}, "unknown key(s) ['sweeps']"),
         ({"seeds": 0}, "seeds must be >= 1"),
         ({"seeds": "many"}, "seeds must be a count"),
@@ -184,7 +184,8 @@ def test_ready_spec_validates(path: Path) -> None:
     expected cost is written in it; nothing runs."""
     spec = load_spec(path)
     runs = expand(spec)
-    assert spec.expected_cpu_hours is not None and spec.expected_cpu_hours > 0
+    hours = spec.expected_gpu_hours if spec.expected_gpu_hours else spec.expected_cpu_hours
+    assert hours is not None and hours > 0  # GPU workloads state GPU-hours
     assert len({run.name for run in runs}) == len(runs)
     if spec.command.name == "ppo":
         assert len(spec.seeds) == 30

@@ -1,6 +1,6 @@
 """Statistics over seeds: curves on a common grid, mean and interval bands, summary tables.
 
-Definitions (also in the README):
+Definitions (also in docs/plot.md):
 
 * **Alignment.** Seeds whose values sit at the same x (tasks of permuted MNIST, plasticity
   probes every N steps) are compared point by point. Otherwise (episode returns end at

@@ -2,9 +2,10 @@
 
 Each attempt of a run is one process of the real command (``python -m cbp_rl.train ...``),
 started in its own session (so a terminal's Ctrl+C reaches only the sweep, which forwards one
-SIGTERM to each run) and holding the run's lock file (``flock``) for as long as it lives, so two
-processes never write one run directory, even across sweep launches. Its output goes to the
-run's log file.
+SIGTERM to each run) and holding the run directory's lock (:mod:`cbp_rl.run.rundir`, the lock
+every command takes): the sweep takes it, then hands it to the process, which adopts it, so two
+processes never write one run directory, even across sweep launches or with a user's own
+``--resume`` of the same run. Its output goes to the run's log file.
 
 :class:`LocalBackend` starts the processes itself. :class:`RayBackend` submits one Ray task per
 attempt (``num_cpus``/``num_gpus`` from the spec's resources); the task starts the same process
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import signal
 import subprocess
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cbp_rl.lab.spec import Resources
+from cbp_rl.run.rundir import INHERITED_LOCK_ENV, RunDirectoryBusyError, lock_is_held, take_lock
 from cbp_rl.run.runtime import cpu_count
 
 __all__ = [
@@ -80,20 +81,6 @@ class Outcome:
 # --------------------------------------------------------------------------- one attempt
 
 
-def lock_is_held(path: str | os.PathLike[str]) -> bool:
-    """Whether some process holds the run lock at ``path`` (a probe: takes and drops it)."""
-    if not os.path.exists(path):
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also drops the lock if we took it
-    return False
-
-
 def stop_request(stop_file: str) -> str | None:
     """``"stop"``, ``"abort"`` or ``None``: what the sweep's stop file asks for."""
     try:
@@ -110,12 +97,12 @@ def launch(attempt: Attempt, python: str = sys.executable) -> subprocess.Popen[b
     if stop_request(attempt.stop_file) is not None:
         return Outcome(None, started=False, note="stop requested before it started")
     Path(attempt.lock).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(attempt.lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return Outcome(None, started=False, busy=True, note="another process runs it")
+        fd = take_lock(Path(attempt.lock), command=f"sweep, starting {attempt.run}")
+    except RunDirectoryBusyError as err:
+        who = err.holder.describe() if err.holder is not None else "another process"
+        return Outcome(None, started=False, busy=True, note=f"{who} runs it")
+    try:
         Path(attempt.log).parent.mkdir(parents=True, exist_ok=True)
         with open(attempt.log, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -127,7 +114,12 @@ def launch(attempt: Attempt, python: str = sys.executable) -> subprocess.Popen[b
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **attempt.env},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    INHERITED_LOCK_ENV: str(fd),
+                    **attempt.env,
+                },
                 start_new_session=True,
                 pass_fds=(fd,),
             )

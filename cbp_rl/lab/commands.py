@@ -39,6 +39,9 @@ MODULES: dict[str, str] = {
     "ppo": "cbp_rl.agents.ppo_command",
     "sac": "cbp_rl.agents.sac_command",
     "pmnist": "cbp_rl.supervised.command",
+    "regression": "cbp_rl.supervised.regression_command",
+    "continual-imagenet": "cbp_rl.supervised.imagenet",
+    "incremental-cifar": "cbp_rl.supervised.cifar",
 }
 """Each command's name and the module that defines its ``COMMAND``, in the order of ``--help``."""
 

@@ -4,10 +4,19 @@ Each ``DIR`` is a sweep folder (``python -m cbp_rl.sweep``; every run of it, one
 setting) or a run directory. A run directory is read into named :class:`Series` (values per
 seed against an x axis) by the first reader of :data:`READERS` that understands it:
 
+* a ``results.npz`` of ``continual-imagenet`` or ``incremental-cifar`` (told by its ``kind``):
+  ``test_accuracy`` per task (%; for CIFAR of the early-stopped network), ``dead_units`` and
+  ``dormant_units`` (% over hidden layers), ``effective_rank`` and ``stable_rank`` (last hidden
+  layer), ``weight_magnitude`` (mean |p| over all parameters), ``replacements``; and
+  ``train_accuracy`` (ImageNet) or ``epoch_test_accuracy`` (CIFAR, against epochs);
 * a ``results.npz`` (online permuted MNIST) gives the thesis's figures: ``accuracy`` (online
   accuracy per task, %), ``loss``, ``dead_units`` (% of hidden units), ``weight_magnitude``
   (mean |W| over all weights), ``effective_rank`` and ``rank99`` (last hidden layer),
   ``replacements`` (units reinitialized per task), against the task number;
+* a ``results.npz`` of binned errors (slowly-changing regression): ``error`` (mean squared
+  error per bin), ``dead_units`` (% of hidden units), ``effective_rank`` and
+  ``weight_magnitude`` (mean |W| into the hidden layer) at each bin's end, ``replacements``
+  (units reinitialized per bin), against examples;
 * an RL run (``config.json`` with an ``algorithm``, and ``episodes.csv``): ``return`` (every
   episode's return, ``episodes.csv``) and, per network (``policy``, ``value``, ...),
   ``<net>/dead_units`` (% of hidden units), ``<net>/weight_magnitude`` (mean |W|),
@@ -55,11 +64,22 @@ from cbp_rl.lab.aggregate import (
 )
 from cbp_rl.lab.commands import COMMANDS
 from cbp_rl.run.checkpoint import flatten_dict
+from cbp_rl.run.conventions import EXIT_USAGE, report
 from cbp_rl.run.logging import CONFIG_FILE, EPISODES_FILE, read_tags
 from cbp_rl.supervised.results import RESULTS_FILE
 
 MANIFEST_FILE = "sweep.json"
-IGNORED_CONFIG_KEYS = ("seed", "seeds", "run", "tasks", "data.data_dir", "data.download")
+IGNORED_CONFIG_KEYS = (
+    "seed",
+    "seeds",
+    "run",
+    "tasks",
+    "examples",
+    "data.data_dir",
+    "data.download",
+    "data_dir",
+    "download",
+)
 """Config fields (dotted, with everything below them) that do not make a different setting."""
 
 
@@ -117,14 +137,60 @@ PMNIST_FIGURES: dict[str, Figure] = {
 }
 
 
-def read_results(path: Path) -> Run | None:
-    """A run directory with a ``results.npz`` of per-seed, per-task arrays."""
+EXAMPLES = "examples"
+REGRESSION_FIGURES: dict[str, Figure] = {
+    "error": Figure("Squared error, binned", "mean squared error per bin", EXAMPLES),
+    "dead_units": Figure("Dead hidden units at each bin's end", "dead units (%)", EXAMPLES),
+    "effective_rank": Figure("Effective rank of the hidden layer", "effective rank", EXAMPLES),
+    "weight_magnitude": Figure("Weight magnitude of the hidden layer", "mean |w|", EXAMPLES),
+    "replacements": Figure("Units reinitialized per bin", "units per bin", EXAMPLES),
+}
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray] | None:
     file = path / RESULTS_FILE
     if not file.is_file():
         return None
     with np.load(file) as data:
-        arrays = {name: data[name] for name in data.files}
-    done = int(arrays.get("tasks_done", arrays["accuracy"].shape[1]))
+        return {name: data[name] for name in data.files}
+
+
+def read_binned_results(path: Path) -> Run | None:
+    """A run directory with a ``results.npz`` of per-seed, per-bin errors (regression)."""
+    arrays = _npz_arrays(path)
+    if arrays is None or "errors" not in arrays:
+        return None
+    done = int(arrays["bins_done"])
+    size = int(arrays["bin_size"])
+    x = size * np.arange(1, done + 1, dtype=np.float64)
+
+    def take(name: str) -> np.ndarray:
+        return np.asarray(arrays[name][:, :done], dtype=np.float64)
+
+    series = {
+        "error": Series(x, take("errors")),
+        "weight_magnitude": Series(x, take("weight_magnitude")),
+        "dead_units": Series(x, 100.0 * take("dead_units")),
+        "effective_rank": Series(x, take("effective_rank")),
+        "replacements": Series(x, take("replacements")),
+    }
+    figures = dict(REGRESSION_FIGURES)
+    for name in ("dead_units", "effective_rank", "weight_magnitude"):
+        if not np.isfinite(series[name].values).any():  # the linear learner: no hidden layer
+            series.pop(name)
+            figures.pop(name)
+    if not np.nansum(series["replacements"].values) > 0:
+        series.pop("replacements")
+        figures.pop("replacements")
+    return Run(path, _read_config(path), series, figures)
+
+
+def read_results(path: Path) -> Run | None:
+    """A run directory with a ``results.npz`` of per-seed, per-task arrays."""
+    arrays = _npz_arrays(path)
+    if arrays is None or "accuracy" not in arrays:
+        return None
+    done = int(arrays["tasks_done"]) if "tasks_done" in arrays else arrays["accuracy"].shape[1]
     x = np.arange(1, done + 1, dtype=np.float64)
 
     def take(name: str) -> np.ndarray:
@@ -145,6 +211,73 @@ def read_results(path: Path) -> Run | None:
     else:
         figures.pop("replacements")
     return Run(path, _read_config(path), series, figures, performance="accuracy")
+
+
+EPOCH = "epoch"
+CONV_FIGURES: dict[str, dict[str, Figure]] = {
+    "continual-imagenet": {
+        "test_accuracy": Figure("Test accuracy at the end of each task", "test accuracy (%)", TASK),
+        "train_accuracy": Figure("Train accuracy, last epoch of each task", "accuracy (%)", TASK),
+        "dead_units": Figure("Dead units at the start of each task", "dead units (%)", TASK),
+        "dormant_units": Figure("Dormant units at the start of each task", "dormant (%)", TASK),
+        "effective_rank": Figure("Effective rank of the last hidden layer", "effective rank", TASK),
+        "stable_rank": Figure("Stable rank of the last hidden layer", "stable rank", TASK),
+        "weight_magnitude": Figure("Average weight magnitude", "mean |p|", TASK),
+        "replacements": Figure("Units reinitialized per task", "units per task", TASK),
+    },
+    "incremental-cifar": {
+        "test_accuracy": Figure("Test accuracy of each task's final network", "accuracy (%)", TASK),
+        "epoch_test_accuracy": Figure("Test accuracy per epoch", "test accuracy (%)", EPOCH),
+        "dormant_units": Figure("Dormant units at the start of each task", "dormant (%)", TASK),
+        "dead_units": Figure("Dead units at the start of each task", "dead units (%)", TASK),
+        "effective_rank": Figure("Effective rank of the pooled features", "effective rank", TASK),
+        "stable_rank": Figure("Stable rank of the pooled features", "stable rank", TASK),
+        "weight_magnitude": Figure("Average weight magnitude", "mean |p|", TASK),
+        "replacements": Figure("Units reinitialized per task", "units per task", TASK),
+    },
+}
+"""The figures of the convolutional commands' ``results.npz``, by its ``kind``."""
+
+
+def read_conv_results(path: Path) -> Run | None:
+    """A ``continual-imagenet`` or ``incremental-cifar`` run directory (its ``results.npz``)."""
+    file = path / RESULTS_FILE
+    if not file.is_file():
+        return None
+    with np.load(file) as data:
+        if "kind" not in data.files or str(data["kind"]) not in CONV_FIGURES:
+            return None
+        arrays = {name: data[name] for name in data.files}
+    kind = str(arrays["kind"])
+    done = int(arrays["tasks_done"])
+    x = np.arange(1, done + 1, dtype=np.float64)
+
+    def per_task(name: str) -> np.ndarray:
+        return np.asarray(arrays[name][:done], dtype=np.float64)
+
+    series = {
+        "test_accuracy": Series(x, 100.0 * per_task("task_test_accuracy")[None, :]),
+        "dead_units": Series(x, 100.0 * per_task("dead_units").mean(axis=1)[None, :]),
+        "dormant_units": Series(x, 100.0 * per_task("dormant_units").mean(axis=1)[None, :]),
+        "effective_rank": Series(x, per_task("effective_rank")[None, :, -1]),
+        "stable_rank": Series(x, per_task("stable_rank")[None, :, -1]),
+        "weight_magnitude": Series(x, per_task("weight_magnitude_all")[None, :]),
+    }
+    if kind == "continual-imagenet":
+        series["train_accuracy"] = Series(x, 100.0 * per_task("task_train_accuracy")[None, :])
+    else:
+        epochs = int(np.sum(np.isfinite(arrays["epoch_test_accuracy"])))
+        accuracy = np.asarray(arrays["epoch_test_accuracy"][:epochs], dtype=np.float64)
+        series["epoch_test_accuracy"] = Series(
+            np.arange(1, epochs + 1, dtype=np.float64), 100.0 * accuracy[None, :]
+        )
+    figures = dict(CONV_FIGURES[kind])
+    replaced = per_task("replacements")
+    if np.nansum(replaced) > 0:
+        series["replacements"] = Series(x, replaced.sum(axis=1)[None, :])
+    else:
+        figures.pop("replacements")
+    return Run(path, _read_config(path), series, figures, performance="test_accuracy")
 
 
 RL_MEASURES: dict[str, tuple[str, float, Figure]] = {
@@ -247,7 +380,13 @@ def _one_seed(points: tuple[np.ndarray, np.ndarray]) -> Series:
     return Series(points[0], points[1][None, :])
 
 
-READERS: list[Reader] = [read_results, read_rl_run, read_event_files]
+READERS: list[Reader] = [
+    read_binned_results,
+    read_conv_results,
+    read_results,
+    read_rl_run,
+    read_event_files,
+]
 """Tried in order; the first that returns a :class:`Run` reads the directory."""
 
 
@@ -516,6 +655,8 @@ def plot_runs(
     options = options or LineConfig()
     if bin_width > 1:
         options = dataclasses.replace(options, bin_width=bin_width)
+    if not runs:
+        raise ValueError("nothing to plot: no run has results yet")
     groups = group_runs(runs)
     figures = _figures(runs)
     names = list(metrics) if metrics else list(figures)
@@ -531,9 +672,17 @@ def plot_runs(
             line = line_series(group, name, options)
             if line is not None:
                 lines[label] = line
+        if not lines:
+            continue  # no run has logged it yet: no empty figure
         lines_by_metric[name] = lines
         figure = figures.get(name, Figure(name, name.rsplit("/", 1)[-1]))
         paths.append(plot_metric(name, figure, lines, out, options))
+    if not paths:
+        where = ", ".join(sorted({str(run.path) for run in runs}))
+        raise ValueError(
+            f"nothing to plot: the runs{' in ' + where if where else ''} have logged no data "
+            f"for {', '.join(names) or 'any metric'} yet"
+        )
     if table:
         paths += summary_tables(runs, lines_by_metric, out, options)
     return paths
@@ -636,8 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = sweep if args.table is None else args.table
         paths = plot_runs(runs, out, metrics=args.metrics, options=options, table=table)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report("plot", err, EXIT_USAGE)
     for path in paths:
         print(path)
     return 0

@@ -1,6 +1,6 @@
 """Sweep specs: a TOML file naming a command, its settings and seeds, expanded into runs.
 
-A spec (see the README section "Experiments at scale")::
+A spec (see docs/sweep.md)::
 
     name = "ant_policy_collapse"        # default: the file's stem
     command = "ppo"                     # a command of cbp_rl.lab.commands: ppo, sac, pmnist, ...
@@ -8,6 +8,7 @@ A spec (see the README section "Experiments at scale")::
     seed_start = 0
     max_retries = 2                     # relaunches of a run that died, each from its checkpoint
     expected_cpu_hours = 9000           # what the whole sweep costs (informational)
+    expected_gpu_hours = 360            # the same on GPUs (continual-imagenet, incremental-cifar)
 
     [resources]                         # what one run needs (Ray schedules by it)
     cpus = 1
@@ -285,6 +286,8 @@ class SweepSpec:
     settings: tuple[Setting, ...]
     max_retries: int = 2
     expected_cpu_hours: float | None = None
+    expected_gpu_hours: float | None = None
+    """What the whole sweep costs on GPUs (informational; the convolutional commands)."""
     description: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     """The TOML document as read."""
@@ -298,6 +301,7 @@ TOP_LEVEL = (
     "seed_start",
     "max_retries",
     "expected_cpu_hours",
+    "expected_gpu_hours",
     "resources",
     "base",
     "settings",
@@ -338,6 +342,11 @@ def parse_spec(
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; a spec has {', '.join(TOP_LEVEL)}")
     command_name = document.get("command")
+    if command_name is None:
+        raise SpecError(
+            f'{where}: names no command; add a line such as command = "ppo" (one of '
+            f"{', '.join(COMMANDS)})"
+        )
     if not isinstance(command_name, str) or command_name not in COMMANDS:
         raise SpecError(
             f"{where}: unknown command {command_name!r}; choose one of {', '.join(COMMANDS)}"
@@ -349,8 +358,10 @@ def parse_spec(
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise SpecError(f"{where}: max_retries must be an integer >= 0, got {retries!r}")
     hours = document.get("expected_cpu_hours")
-    if hours is not None and (not isinstance(hours, int | float) or isinstance(hours, bool)):
-        raise SpecError(f"{where}: expected_cpu_hours must be a number, got {hours!r}")
+    gpu_hours = document.get("expected_gpu_hours")
+    for key, value in (("expected_cpu_hours", hours), ("expected_gpu_hours", gpu_hours)):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise SpecError(f"{where}: {key} must be a number, got {value!r}")
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SpecError(f"{where}: description must be a string")
@@ -383,6 +394,7 @@ def parse_spec(
         settings=tuple(settings),
         max_retries=retries,
         expected_cpu_hours=None if hours is None else float(hours),
+        expected_gpu_hours=None if gpu_hours is None else float(gpu_hours),
         description=description,
         source=dict(document),
     )

@@ -16,18 +16,19 @@ A sweep folder holds::
     spec.toml          the spec it was launched with (older versions kept as spec.<time>.toml)
     sweep.json         the runs: name, setting, seeds, flags, budget, resources
     state.json         the sweep's bookkeeping: each run's state, attempts, exit codes
-    runs/<run>/        each run's directory, as the command writes it (+ status.json)
+    runs/<run>/        each run's directory, as the command writes it (+ status.json, and
+                       .lock: held by the run's process while it lives)
     logs/<run>.log     each run's output, every attempt appended
-    locks/<run>.lock   held by a run's process while it lives
     attempts/<run>-<k>/  directories of attempts that died before their first checkpoint
 
 Faults: a run whose process dies (non-zero exit, killed, its Ray worker lost) is started
 again from its last checkpoint (``--resume``), up to ``max_retries`` times per launch. A run
-the command refuses (exit code 2: bad flags, unusable checkpoint) is not retried. Relaunching
-skips finished runs (``status.json``: finished), resumes the others from their checkpoints and
-never deletes anything. SIGINT or SIGTERM stops the sweep: each running run gets one SIGTERM,
-writes its checkpoint and exits, and the sweep waits for them (a second Ctrl+C aborts them at
-once; their last checkpoints stay good).
+the command refuses (exit code 2: bad flags, unusable checkpoint) or that diverged (exit code
+3) is not retried. Relaunching skips finished runs (``status.json``: finished), resumes the
+others from their checkpoints and never deletes anything; a second launch on a folder that a
+live sweep holds is refused (exit code 2). SIGINT or SIGTERM stops the sweep: each running run
+gets one SIGTERM, writes its checkpoint and exits, and the sweep waits for them (a second
+Ctrl+C aborts them at once; their last checkpoints stay good).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ from cbp_rl.lab.backends import (
     Outcome,
     RayBackend,
     RayUnavailableError,
-    lock_is_held,
 )
 from cbp_rl.lab.spec import (
     RunSpec,
@@ -74,7 +74,9 @@ from cbp_rl.lab.spec import (
     parse_flags,
     parse_value,
 )
+from cbp_rl.run.conventions import EXIT_DIVERGED, EXIT_USAGE, report
 from cbp_rl.run.logging import RunStatus, read_run_status, write_json_atomic
+from cbp_rl.run.rundir import LOCK_FILE, RunDirectoryError, RunLock, lock_is_held
 
 __all__ = [
     "SweepError",
@@ -90,8 +92,9 @@ MANIFEST = "sweep.json"
 STATE = "state.json"
 SPEC_COPY = "spec.toml"
 CHECKPOINTS = ("checkpoint.pt", "checkpoint.prev.pt")
-USAGE_ERROR = 2
-"""The commands' exit code for input they refuse (not worth retrying)."""
+NOT_RETRIED = {EXIT_USAGE: "the command refused it", EXIT_DIVERGED: "training diverged"}
+"""The commands' exit codes not worth retrying: refused input, a diverged run (it would diverge
+again from its last checkpoint)."""
 
 
 class SweepError(RuntimeError):
@@ -130,7 +133,7 @@ class SweepPaths:
         return self.root / "logs" / f"{run}.log"
 
     def lock(self, run: str) -> Path:
-        return self.root / "locks" / f"{run}.lock"
+        return self.run_dir(run) / LOCK_FILE
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ def next_attempt_args(paths: SweepPaths, run: RunSpec, command: str) -> tuple[li
     prefix = ["-m", "cbp_rl.train", command]
     if has_checkpoint(run_dir):
         return [*prefix, "--resume", str(run_dir), *run.resume_flags], "resume"
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         aside = _free_name(paths.root / "attempts" / run.name)
         aside.parent.mkdir(parents=True, exist_ok=True)
         run_dir.rename(aside)
@@ -489,8 +492,8 @@ class Driver:
         elif stopping:
             self._set(name, "stopped", _exit_text(outcome))
             self._say(name, f"stopped at {_progress_text(status)}; resumable")
-        elif outcome.exit_code == USAGE_ERROR:
-            note = f"the command refused it: {_last_error(self.paths.log(name))}"
+        elif outcome.exit_code in NOT_RETRIED:
+            note = f"{NOT_RETRIED[outcome.exit_code]}: {_last_error(self.paths.log(name))}"
             self._set(name, "failed", note)
             self._say(name, f"failed ({note}); not retried, see {self.paths.log(name)}")
         elif record.attempts <= self.max_retries:
@@ -610,7 +613,7 @@ def launch_sweep(
     retries = spec.max_retries if max_retries is None else max_retries
     driver = Driver(paths, manifest, executor, max_retries=retries, grace=grace)
     try:
-        with StopSignals() as stop:
+        with RunLock(root, command="sweep"), StopSignals() as stop:
             return driver.run(stop)
     finally:
         executor.close()
@@ -961,6 +964,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.pop(0)
     try:
         return command(args)
-    except (SpecError, SweepError, RayUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (SpecError, SweepError, RayUnavailableError, RunDirectoryError) as err:
+        return report("sweep", err, EXIT_USAGE)

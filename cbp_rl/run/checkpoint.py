@@ -250,8 +250,8 @@ def save_checkpoint(path: StrPath, state: dict[str, Any]) -> None:
 
 
 _CORRUPT_FIX = (
-    "the file cannot be used; resume from the previous checkpoint (checkpoint.prev.pt, "
-    "CheckpointManager.load_latest(fallback=True)) or start a new run"
+    "the file cannot be used; resume from the previous checkpoint (checkpoint.prev.pt: "
+    "--resume-fallback) or start a new run"
 )
 
 
@@ -638,7 +638,8 @@ class CheckpointManager:
 
         Args:
             fallback: if the latest checkpoint is missing or unreadable, load the previous one
-                with a ``CheckpointWarning`` instead of raising.
+                with a ``CheckpointWarning`` instead of raising (the commands'
+                ``--resume-fallback``; the error without it suggests that flag).
             required: raise ``CheckpointError`` instead of returning ``None`` when the run
                 directory has no checkpoint at all (use when resuming).
             map_location: as for ``torch.load``.
@@ -666,15 +667,15 @@ class CheckpointManager:
                 raise CheckpointError(
                     err.problem,
                     err.path,
-                    f"resume from the previous checkpoint {self.prev_path} instead with "
-                    "load_latest(fallback=True) (the train command's fallback option), or start "
-                    "a new run",
+                    f"add --resume-fallback to resume from the previous checkpoint "
+                    f"{self.prev_path} instead, or start a new run",
                 ) from err
             try:
                 state = load_checkpoint(self.prev_path, map_location=map_location)
             except CheckpointError as prev_err:
                 raise CheckpointError(
-                    f"both checkpoints are unusable: {err} / {prev_err}",
+                    f"both checkpoints are unusable: {self.FILENAME} {err.problem}; "
+                    f"{self.PREV_FILENAME} {prev_err.problem}",
                     self.run_dir,
                     "start a new run",
                 ) from prev_err

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -25,8 +25,11 @@ __all__ = [
     "Progress",
     "cpu_count",
     "new_run_dir",
+    "parent_is_gone",
     "resolve_device",
     "seed_everything",
+    "signals_blocked",
+    "worker_process_setup",
 ]
 
 _Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL/SIG_IGN, or None
@@ -104,6 +107,55 @@ class GracefulStop:
         # os.write: no buffered-stream locks taken inside a signal handler.
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.write(sys.stderr.fileno(), note.encode())
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals a command turns into a graceful stop; its worker processes ignore them."""
+_PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def signals_blocked(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Hold ``signals`` back while starting worker processes: a child starts with them
+    blocked (it inherits the mask), so a stop signal sent to the process group between its
+    start and :func:`worker_process_setup` cannot kill it. Delivered to this process on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def worker_process_setup(parent_pid: int | None = None) -> None:
+    """The start of every worker process a command starts (env workers, loaders).
+
+    Ignores SIGINT and SIGTERM (a stop sent to the whole process group, as ``timeout``, Slurm
+    and Ctrl+C do, is the main process's to handle: it saves a checkpoint, then closes its
+    workers), then unblocks them (see :func:`signals_blocked`). On Linux it asks the kernel to
+    SIGKILL the worker when its parent dies (``PR_SET_PDEATHSIG``), so a SIGKILLed trainer
+    leaves no workers behind; where that is unavailable, workers poll :func:`parent_is_gone`.
+    Exits at once if the parent is already gone (``parent_pid`` given and no longer the parent).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent_is_gone(parent_pid):
+        os._exit(0)
+
+
+def parent_is_gone(parent_pid: int | None) -> bool:
+    """Whether this process's parent ``parent_pid`` has exited (it was reparented)."""
+    return parent_pid is not None and os.getppid() != parent_pid
 
 
 def cpu_count() -> int:

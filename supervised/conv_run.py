@@ -1,0 +1,554 @@
+"""What the two convolutional commands share: run flags, results file, the task/epoch loop with
+exact resume, and the command-line wrapper.
+
+A run is a sequence of tasks; each task is a number of epochs over its training set in
+minibatches, in an order drawn anew each epoch from the run's own generator. Stops (SIGINT,
+SIGTERM) take effect between minibatches and save a checkpoint holding the epoch's order and
+position, so a resumed run computes the same floats as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import tyro
+
+from cbp_rl.run.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    atomic_write,
+    capture_rng_state,
+    check_compatible,
+    numpy_generator_state,
+    restore_numpy_generator,
+    to_jsonable,
+)
+from cbp_rl.run.configs import config_from_dict
+from cbp_rl.run.logging import CONFIG_FILE, RunLogger, RunStatusWriter
+from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
+from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
+from cbp_rl.supervised.images import DataFormatError
+from cbp_rl.supervised.results import RESULTS_FILE
+
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run directory, checkpoints and machine."""
+
+    run_dir: Path | None = None
+    """Directory for this run's files; default runs/<command>/<learner>-s<seed>-<time>."""
+    resume: Path | None = None
+    """Continue the run in this directory from its checkpoint (other flags default to the
+    saved ones)."""
+    checkpoint_every: int | None = None
+    """Epochs between checkpoints (default: the command's); 0: only at the end and on a stop
+    signal."""
+    device: str = "cpu"
+    """cpu, cuda, cuda:N or auto (these are GPU workloads)."""
+    threads: int | None = None
+    """torch CPU threads; None: torch's choice."""
+    progress: bool = True
+    """Show a progress bar of minibatch steps (on a terminal)."""
+
+    def __post_init__(self) -> None:
+        every = self.checkpoint_every
+        if every is not None and every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {every}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise ValueError(
+                f"unknown device {self.device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
+
+
+# --------------------------------------------------------------------------- results
+
+
+class ConvResults:
+    """Named per-task (and per-epoch) arrays, saved as ``results.npz`` with its ``kind``."""
+
+    def __init__(
+        self,
+        kind: str,
+        arrays: dict[str, np.ndarray],
+        tasks_done: int = 0,
+        class_names: Sequence[str] = (),
+    ) -> None:
+        self.kind = kind
+        self.arrays = arrays
+        self.tasks_done = tasks_done
+        self.class_names = [str(n) for n in class_names]
+
+    @classmethod
+    def empty(
+        cls, kind: str, shapes: dict[str, tuple[int, ...]], class_names: Sequence[str] = ()
+    ) -> ConvResults:
+        arrays = {name: np.full(shape, np.nan) for name, shape in shapes.items()}
+        return cls(kind, arrays, class_names=class_names)
+
+    def set(self, name: str, index: Any, value: Any) -> None:
+        self.arrays[name][index] = value
+
+    def save(self, run_dir: Path) -> Path:
+        path = run_dir / RESULTS_FILE
+        payload = {
+            **self.arrays,
+            "kind": np.array(self.kind),
+            "tasks_done": np.array(self.tasks_done),
+            "class_names": np.array(self.class_names, dtype=str),
+        }
+
+        def write(f: Any) -> None:
+            buffer = io.BytesIO()
+            savez: Any = np.savez  # numpy's stubs type **arrays as the allow_pickle flag
+            savez(buffer, **payload)
+            f.write(buffer.getvalue())
+
+        atomic_write(path, write)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tasks_done": self.tasks_done,
+            "class_names": list(self.class_names),
+            "arrays": {
+                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.arrays.items()
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ConvResults:
+        arrays = {k: v.numpy().copy() for k, v in state["arrays"].items()}
+        names = [str(n) for n in state["class_names"]]
+        return cls(str(state["kind"]), arrays, int(state["tasks_done"]), names)
+
+
+def load_conv_results(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``results.npz`` (a run directory or the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class TaskEpochRun(ABC):
+    """The state of one run and its task / epoch / minibatch loop."""
+
+    command: str = ""
+
+    def __init__(self, config: Any, run_dir: Path, *, every: int, seed: int) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.device = resolve_device(config.run.device)
+        self.task = 0
+        self.epoch = 0
+        """Epochs of the current task done."""
+        self.position = 0
+        """Minibatches of the current epoch done."""
+        self.task_started = False
+        self.order: torch.Tensor | None = None
+        self.totals = [0.0, 0, 0]
+        self.shuffle = np.random.default_rng(seed)
+        self.checkpoints = CheckpointManager(run_dir)
+        self.every = every
+        self.logger: RunLogger | None = None
+        self.status = RunStatusWriter(
+            run_dir,
+            command=self.command,
+            total=self.num_tasks() * self.epochs_per_task(),
+            unit="epochs",
+            metric="accuracy",
+        )
+        self.steps_done = 0
+
+    # ------------------------------------------------------------- the experiment's part
+    learner: ConvLearner
+    results: ConvResults
+
+    @abstractmethod
+    def num_tasks(self) -> int: ...
+
+    @abstractmethod
+    def epochs_per_task(self) -> int: ...
+
+    @abstractmethod
+    def batch_size(self) -> int: ...
+
+    @abstractmethod
+    def train_size(self, task: int) -> int:
+        """Training examples of ``task``."""
+
+    @abstractmethod
+    def load_task(self) -> None:
+        """Make the current task's data ready (no other effect: it also runs on resume)."""
+
+    @abstractmethod
+    def start_task(self) -> None:
+        """What happens once at the start of a task: measures, head or network resets."""
+
+    @abstractmethod
+    def begin_epoch(self) -> None: ...
+
+    @abstractmethod
+    def train_batch(self, indices: torch.Tensor) -> StepResult: ...
+
+    @abstractmethod
+    def end_epoch(self, train: StepResult) -> None: ...
+
+    @abstractmethod
+    def end_task(self) -> None: ...
+
+    @abstractmethod
+    def extra_state(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def log_step(self) -> int:
+        """The TensorBoard step of the next log entries (for resuming the logs)."""
+
+    @abstractmethod
+    def relog_after_resume(self) -> None:
+        """Log again what the purge of the resumed step removed."""
+
+    @abstractmethod
+    def data_identity(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def accuracy_text(self) -> str: ...
+
+    # ------------------------------------------------------------- bookkeeping
+    def steps_in_epoch(self, task: int) -> int:
+        return -(-self.train_size(task) // self.batch_size())
+
+    def total_steps(self) -> int:
+        return sum(self.steps_in_epoch(t) for t in range(self.num_tasks())) * (
+            self.epochs_per_task()
+        )
+
+    def epochs_done(self) -> int:
+        return self.task * self.epochs_per_task() + self.epoch
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        assert self.logger is not None
+        finite = {k: v for k, v in values.items() if math.isfinite(v)}
+        if finite:
+            self.logger.scalars(finite, step)
+
+    def open_logs(self, position: dict[str, Any] | None = None) -> None:
+        resume_step = None if position is None else self.log_step()
+        self.logger = RunLogger(
+            self.run_dir,
+            {"command": self.command, **to_jsonable(self.config)},
+            resume_step=resume_step,
+            resume_position=position,
+        )
+        if position is not None:
+            self.relog_after_resume()
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def report_status(self, *, force: bool = False, stopped_by: str | None = None) -> None:
+        done = self.results.tasks_done
+        self.status.update(
+            self.epochs_done(),
+            self.last_accuracy(),
+            finished=self.task >= self.num_tasks(),
+            stopped_by=stopped_by,
+            force=force,
+            task=self.task,
+            tasks=self.num_tasks(),
+            tasks_done=done,
+        )
+
+    def last_accuracy(self) -> float | None:
+        return None
+
+    # ------------------------------------------------------------- the loop
+    def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
+        """Train until ``limit`` minibatch steps in all, the end, or a stop request."""
+        while self.task < self.num_tasks() and not stop.requested:
+            if not self.task_started:
+                self.load_task()
+                self.start_task()
+                self.task_started = True
+            if self.order is None:
+                self.begin_epoch()
+                size = self.train_size(self.task)
+                self.order = torch.from_numpy(self.shuffle.permutation(size))
+            steps, batch = self.steps_in_epoch(self.task), self.batch_size()
+            while self.position < steps and not stop.requested and self.steps_done < limit:
+                indices = self.order[self.position * batch : (self.position + 1) * batch]
+                result = self.train_batch(indices)
+                self.totals[0] += result.loss_sum
+                self.totals[1] += result.correct
+                self.totals[2] += result.examples
+                self.position += 1
+                self.steps_done += 1
+                progress.update(1, task=self.task + 1, acc=self.accuracy_text())
+            if self.position < steps:
+                return
+            loss, correct, examples = self.totals
+            self.end_epoch(StepResult(float(loss), int(correct), int(examples)))
+            self.epoch += 1
+            self.position, self.order, self.totals = 0, None, [0.0, 0, 0]
+            if self.epoch == self.epochs_per_task():
+                self.end_task()
+                self.results.tasks_done = self.task + 1
+                self.results.save(self.run_dir)
+                self.task += 1
+                self.epoch = 0
+                self.task_started = False
+                self.report_status()
+            if self.every and self.epochs_done() % self.every == 0:
+                self.save_checkpoint()
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        assert self.logger is not None
+        state = {
+            "config": to_jsonable(self.config),
+            "data": self.data_identity(),
+            "task": self.task,
+            "epoch": self.epoch,
+            "position": self.position,
+            "task_started": self.task_started,
+            "order": self.order,
+            "totals": [float(self.totals[0]), int(self.totals[1]), int(self.totals[2])],
+            "shuffle": numpy_generator_state(self.shuffle),
+            "learner": self.learner.state_dict(),
+            "results": self.results.state_dict(),
+            "extra": self.extra_state(),
+            "log_position": self.logger.position(),
+            "rng": capture_rng_state(),
+        }
+        self.checkpoints.save(self.steps_done, state)
+        self.results.save(self.run_dir)
+        self.report_status(force=True)
+
+    def restore(self, state: dict[str, Any]) -> dict[str, Any]:
+        saved, now = state["data"], self.data_identity()
+        if saved != now:
+            raise CheckpointError(
+                f"the run was trained on {saved}, but the data found now is {now}",
+                self.checkpoints.path,
+                "point --data-dir at the same files the run started with",
+            )
+        self.task, self.epoch = int(state["task"]), int(state["epoch"])
+        self.position = int(state["position"])
+        self.task_started = bool(state["task_started"])
+        self.order = state["order"]
+        loss, correct, examples = state["totals"]
+        self.totals = [float(loss), int(correct), int(examples)]
+        restore_numpy_generator(self.shuffle, state["shuffle"])
+        self.learner.load_state_dict(state["learner"])
+        self.results = ConvResults.from_state_dict(state["results"])
+        self.load_extra_state(state["extra"])
+        self.steps_done = int(state["step"])
+        if self.task_started:
+            self.load_task()
+        position: dict[str, Any] = state["log_position"]
+        return position
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    tasks_done: int
+    stopped: bool
+
+
+RunT = TypeVar("RunT", bound=TaskEpochRun)
+
+
+def prepare(
+    config: Any,
+    make: Callable[[Path], RunT],
+    *,
+    command: str,
+    label: str,
+    resumable: Sequence[str],
+) -> RunT:
+    """Build a fresh run, or restore the one in ``config.run.resume``."""
+    try:
+        resolve_device(config.run.device)
+    except RuntimeError as err:  # CUDA asked for but absent: bad input, not a crash
+        raise ValueError(str(err)) from None
+    if config.run.resume is not None:
+        run_dir = Path(config.run.resume)
+        manager = CheckpointManager(run_dir)
+        state = manager.load_latest(required=True)
+        assert state is not None
+        check_compatible(state["config"], to_jsonable(config), ignore=resumable, path=manager.path)
+        experiment = make(run_dir)
+        position = experiment.restore(state)
+        experiment.checkpoints.last_step = int(state["step"])
+        experiment.open_logs(position)
+        stderr_log(
+            f"resuming {run_dir} at task {experiment.task + 1}, epoch {experiment.epoch + 1}, "
+            f"step {experiment.position} of the epoch"
+        )
+        return experiment
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / command, label)
+    experiment = make(Path(run_dir))
+    experiment.open_logs()
+    return experiment
+
+
+def run_loop(
+    experiment: TaskEpochRun, *, stop_at_steps: int | None = None, desc: str = ""
+) -> RunSummary:
+    """Train a prepared run to its end (or ``stop_at_steps`` minibatches, or a signal); saves a
+    checkpoint when it stops and always leaves ``results.npz`` current."""
+    config = experiment.config
+    threads = torch.get_num_threads()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    total = experiment.total_steps()
+    limit = total if stop_at_steps is None else min(total, stop_at_steps)
+    try:
+        with (
+            GracefulStop() as stop,
+            Progress(
+                total, initial=experiment.steps_done, enabled=config.run.progress, desc=desc
+            ) as progress,
+        ):
+            experiment.train_until(limit, stop, progress)
+            stopped = experiment.task < experiment.num_tasks()
+            if experiment.checkpoints.last_step != experiment.steps_done:
+                experiment.save_checkpoint()
+            name = None if stop.signal is None else stop.signal.name
+            experiment.report_status(force=True, stopped_by=name)
+        experiment.results.save(experiment.run_dir)
+    finally:
+        experiment.close()
+        torch.set_num_threads(threads)
+    done = experiment.results.tasks_done
+    if stopped:
+        stderr_log(
+            f"stopped at task {experiment.task + 1}, epoch {experiment.epoch + 1}: resume with "
+            f"--resume {experiment.run_dir}"
+        )
+    else:
+        stderr_log(f"done: {done} tasks in {experiment.run_dir}")
+    return RunSummary(experiment.run_dir, done, stopped)
+
+
+# --------------------------------------------------------------------------- the command line
+
+ConfigT = TypeVar("ConfigT")
+
+
+def _resume_dir(argv: Sequence[str]) -> Path | None:
+    for index, arg in enumerate(argv):
+        if arg == "--resume" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if arg.startswith("--resume="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
+    """The configuration a run directory was started with (its ``config.json``)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"has no config.json: not a {command} run directory",
+            run_dir,
+            f"pass the directory a `python -m cbp_rl.train {command}` run wrote",
+        )
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    if values.pop("command", command) != command:
+        raise CheckpointError(
+            f"is a run of another command, not {command}", run_dir, "resume it with its command"
+        )
+    try:
+        config: ConfigT = config_from_dict(cls, values, where=str(path))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"config.json does not describe a {command} run: {err}", path, "check the directory"
+        ) from err
+    return config
+
+
+def parse_config(cls: type[ConfigT], argv: Sequence[str], *, command: str) -> ConfigT:
+    """The configuration from flags (with ``--resume DIR``: over the saved one)."""
+    prog = f"python -m cbp_rl.train {command}"
+    markers = (tyro.conf.OmitArgPrefixes,)
+    resume = _resume_dir(argv)
+    if resume is None:
+        return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
+    default = saved_config(resume, cls, command)
+    return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
+
+
+def command_main(
+    parse: Callable[[Sequence[str]], Any],
+    run: Callable[[Any], RunSummary],
+    argv: Sequence[str] | None,
+) -> int:
+    """Run a command; the exit code (2 for bad input, with the reason on stderr)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = run(parse(args))
+    except SystemExit as exit_:  # tyro: --help or a malformed flag
+        code = exit_.code
+        return code if isinstance(code, int) else 2
+    except (
+        ValueError,
+        DataUnavailableError,
+        ChecksumError,
+        DataFormatError,
+        CheckpointError,
+        FileExistsError,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if summary.tasks_done or summary.stopped else 1
+
+
+__all__ = [
+    "RESULTS_FILE",
+    "ConvResults",
+    "RunOptions",
+    "RunSummary",
+    "TaskEpochRun",
+    "command_main",
+    "load_conv_results",
+    "parse_config",
+    "prepare",
+    "run_loop",
+    "saved_config",
+]

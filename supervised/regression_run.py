@@ -1,0 +1,318 @@
+"""One slowly-changing regression run: the example loop, bins, logs, checkpoints, exact resume.
+
+A run directory holds::
+
+    config.json                    the full configuration ("command": "regression")
+    events.out.tfevents.*          TensorBoard: the mean over seeds of every per-seed scalar
+    seed_<s>/events.out.tfevents.* TensorBoard: seed s (and seed_<s>/config.json)
+    results.npz                    per seed, per bin (cbp_rl.supervised.results.BinnedResults)
+    status.json                    progress: examples done, the last bin's error, finished
+    checkpoint.pt                  the latest checkpoint (and checkpoint.prev.pt)
+
+TensorBoard steps are examples (at each bin's end). Tags: ``bin/error`` (mean squared error
+over the bin), ``bin/replacements`` (cbp), and the hidden layer's ``plasticity/dead_units``,
+``plasticity/effective_rank``, ``plasticity/weight_magnitude`` and, for the output layer,
+``plasticity/weight_magnitude/out``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cbp_rl.run.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    check_compatible,
+    restore_torch_generator,
+    to_jsonable,
+    torch_generator_state,
+)
+from cbp_rl.run.logging import RunStatusWriter
+from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.supervised.engine import BatchedLearner
+from cbp_rl.supervised.measures import unit_measures, weight_measures
+from cbp_rl.supervised.regression_config import RESUMABLE_CHANGES, RegressionConfig
+from cbp_rl.supervised.regression_problem import SlowlyChangingInputs, TargetNetwork
+from cbp_rl.supervised.results import BinnedResults
+from cbp_rl.supervised.seedlogs import SeedLogs
+from cbp_rl.supervised.stream import generators_for
+
+NAME = "regression"
+CHUNK = 1000
+"""Examples drawn and trained at once; chunks start at fixed offsets in each bin, and stops
+and checkpoints fall between chunks, so a resumed run computes the same floats."""
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def config_json(config: RegressionConfig) -> dict[str, Any]:
+    """What ``config.json`` holds: the command's name and every field."""
+    return {"command": NAME, **to_jsonable(config)}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a call to :func:`run` did."""
+
+    run_dir: Path
+    bins_done: int
+    stopped: bool
+    """Stopped early (signal or ``stop_at_examples``); resume with ``--resume run_dir``."""
+    errors: np.ndarray
+    """``[S, bins_done]`` mean squared error per seed and bin."""
+
+
+class RegressionRun:
+    """The state of one run and its loop. Use :func:`run` unless you need the pieces."""
+
+    def __init__(self, config: RegressionConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.device = resolve_device(config.run.device)
+        seeds = config.seed_list
+        problem = config.problem.spec()
+        self.engine = BatchedLearner(
+            config.network_spec(),
+            config.learner_spec(),
+            seeds,
+            loss="squared_error",
+            device=self.device,
+        )
+        self.target = TargetNetwork(problem, seeds)
+        self.stream = SlowlyChangingInputs(problem, seeds)
+        self.probe_generators = generators_for(seeds, "probe")
+        self.results = BinnedResults(seeds, config.bins, config.bin_size)
+        self.examples_done = 0
+        self.replaced_before = self.engine.replacements()
+        self.checkpoints = CheckpointManager(run_dir, every=config.run.checkpoint_every)
+        self.logs: SeedLogs | None = None
+        self.status = RunStatusWriter(
+            run_dir, command=NAME, total=config.examples, unit="examples", metric="error"
+        )
+
+    # ------------------------------------------------------------------ logs
+    def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
+        step = None if resume_positions is None else self.examples_done + 1
+        self.logs = SeedLogs(
+            self.run_dir,
+            config_json(self.config),
+            self.config.seed_list,
+            resume_step=step,
+            resume_positions=resume_positions,
+        )
+
+    def close(self) -> None:
+        if self.logs is not None:
+            self.logs.close()
+
+    # ------------------------------------------------------------------ the loop
+    def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
+        """Train until ``limit`` examples in all (rounded down to a chunk boundary), the end of
+        the run, or a stop request."""
+        bin_size = self.config.bin_size
+        while self.examples_done < self.config.examples and not stop.requested:
+            in_bin = self.examples_done % bin_size
+            count = min(CHUNK - in_bin % CHUNK, bin_size - in_bin)
+            if self.examples_done + count > limit:
+                return
+            inputs = self.stream.next(count)  # drawn and labelled on the CPU
+            targets = self.target(inputs)
+            self.engine.train(inputs.to(self.device), targets.to(self.device))
+            self.examples_done += count
+            progress.update(count, error=self._running_error())
+            if self.examples_done % bin_size == 0:
+                self.finish_bin()
+            if self.checkpoints.due(self.examples_done):
+                self.save_checkpoint()
+
+    def finish_bin(self) -> None:
+        """Record the bin's error and the hidden layer's measures; log and save them."""
+        _, loss_sum, examples = self.engine.take_totals()
+        errors = loss_sum.cpu().numpy() / examples
+        replaced = self.engine.replacements()
+        per_bin = (replaced - self.replaced_before).sum(1).numpy().astype(np.float64)
+        self.replaced_before = replaced
+        values = {"errors": errors, "replacements": per_bin, **self.measure()}
+        index = self.examples_done // self.config.bin_size - 1
+        self.results.record(index, values)
+        tags = {
+            "bin/error": errors,
+            "plasticity/dead_units": values["dead_units"],
+            "plasticity/effective_rank": values["effective_rank"],
+            "plasticity/weight_magnitude": values["weight_magnitude"],
+            "plasticity/weight_magnitude/out": values["weight_magnitude_out"],
+        }
+        if self.engine.learner.reinitializes:
+            tags["bin/replacements"] = per_bin
+        assert self.logs is not None
+        self.logs.log(tags, self.examples_done)
+        self.results.save(self.run_dir)
+        self.report_status()
+
+    def measure(self) -> dict[str, np.ndarray]:
+        """The hidden layer's measures on ``probe_examples`` inputs of the current input
+        distribution (NaN without a hidden layer)."""
+        seeds = self.engine.num_seeds
+        nan = np.full(seeds, np.nan)
+        weights = weight_measures(self.engine.weights)["weight_magnitude"]
+        if self.engine.depth == 0:
+            return {
+                "dead_units": nan,
+                "effective_rank": nan,
+                "weight_magnitude": nan,
+                "weight_magnitude_out": weights[:, -1],
+            }
+        probe = self.stream.sample_current(
+            self.config.measures.probe_examples, self.probe_generators
+        )
+        units = unit_measures(self.engine.hidden_activations(probe.to(self.device)))
+        return {
+            "dead_units": units["dead_units"][:, 0],
+            "effective_rank": units["effective_rank"][:, 0],
+            "weight_magnitude": weights[:, 0],
+            "weight_magnitude_out": weights[:, -1],
+        }
+
+    def _running_error(self) -> str:
+        examples = self.engine.examples
+        if not examples:
+            return "-"
+        return f"{float(self.engine.loss_sum.mean()) / examples:.3f}"
+
+    def report_status(self, *, force: bool = False, stopped_by: str | None = None) -> None:
+        done = self.results.bins_done
+        error = float(self.results.arrays["errors"][:, done - 1].mean()) if done else None
+        self.status.update(
+            self.examples_done,
+            error,
+            finished=self.examples_done >= self.config.examples,
+            stopped_by=stopped_by,
+            force=force,
+            bins=done,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        state = {
+            "config": config_json(self.config),
+            "examples_done": self.examples_done,
+            "engine": self.engine.state_dict(),
+            "stream": self.stream.state_dict(),
+            "probe": [torch_generator_state(g) for g in self.probe_generators],
+            "results": self.results.state_dict(),
+            "replaced_before": self.replaced_before,
+            "log_positions": [] if self.logs is None else self.logs.positions(),
+            "rng": capture_rng_state(),
+        }
+        self.checkpoints.save(self.examples_done, state)
+        self.report_status(force=True)
+
+    def restore(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Load a checkpoint's state; returns the log positions to resume the logs from."""
+        self.engine.load_state_dict(state["engine"])
+        self.stream.load_state_dict(state["stream"])
+        for generator, saved in zip(self.probe_generators, state["probe"], strict=True):
+            restore_torch_generator(generator, saved)
+        self.results = BinnedResults.from_state_dict(state["results"])
+        self.results.grow(self.config.bins)
+        self.examples_done = int(state["examples_done"])
+        self.replaced_before = state["replaced_before"]
+        positions: list[dict[str, Any]] = state["log_positions"]
+        return positions
+
+
+def prepare(config: RegressionConfig, log: Log = _stderr) -> RegressionRun:
+    """Build (or restore) the run, its directory and logs."""
+    if config.run.resume is not None:
+        run_dir = Path(config.run.resume)
+        manager = CheckpointManager(run_dir)
+        state = manager.load_latest(required=True)
+        assert state is not None
+        check_compatible(
+            state["config"], config_json(config), ignore=RESUMABLE_CHANGES, path=manager.path
+        )
+        if config.examples < int(state["step"]):
+            raise ValueError(
+                f"--examples {config.examples} is fewer than the run has already done "
+                f"({int(state['step'])}); give at least as many"
+            )
+        experiment = RegressionRun(config, run_dir)
+        positions = experiment.restore(state)
+        experiment.checkpoints.last_step = int(state["step"])
+        experiment.open_logs(positions)
+        log(f"resuming {run_dir} at example {experiment.examples_done:,}")
+        return experiment
+    run_dir = config.run.run_dir or new_run_dir(Path("runs") / NAME, config.label())
+    experiment = RegressionRun(config, Path(run_dir))
+    experiment.open_logs()
+    return experiment
+
+
+def run(
+    config: RegressionConfig,
+    *,
+    stop_at_examples: int | None = None,
+    log: Log = _stderr,
+) -> RunSummary:
+    """Train (or resume) a run; returns where it ended.
+
+    ``stop_at_examples`` stops at the last chunk boundary at or before that many examples in
+    all and saves a checkpoint, as a signal would: resume with ``run.resume``.
+    """
+    threads = torch.get_num_threads()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    try:
+        return _run(config, stop_at_examples, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RegressionConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
+    experiment = prepare(config, log)
+    limit = config.examples if stop_at_examples is None else min(config.examples, stop_at_examples)
+    try:
+        with (
+            GracefulStop() as stop,
+            Progress(
+                config.examples,
+                initial=experiment.examples_done,
+                enabled=config.run.progress,
+                desc=f"regression {config.label()}",
+            ) as progress,
+        ):
+            experiment.train_until(limit, stop, progress)
+            stopped = experiment.examples_done < config.examples
+            if experiment.checkpoints.last_step != experiment.examples_done:
+                experiment.save_checkpoint()
+            signal_name = None if stop.signal is None else stop.signal.name
+            experiment.report_status(force=True, stopped_by=signal_name)
+        experiment.results.save(experiment.run_dir)
+    finally:
+        experiment.close()
+    done = experiment.results.bins_done
+    errors = experiment.results.arrays["errors"][:, :done]
+    if stopped:
+        log(
+            f"stopped at example {experiment.examples_done:,}: resume with --resume "
+            f"{experiment.run_dir}"
+        )
+    else:
+        last = errors[:, -1].mean() if done else math.nan
+        log(f"done: {done} bins in {experiment.run_dir} (last bin's error {last:.4f})")
+    return RunSummary(experiment.run_dir, done, stopped, errors)
+
+
+__all__ = ["NAME", "RegressionRun", "RunSummary", "config_json", "prepare", "run"]
