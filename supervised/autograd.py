@@ -272,6 +272,20 @@ class PerSeedLearner:
         return [torch.stack(layer) for layer in zip(*per_seed, strict=True)]
 
     @torch.no_grad()
+    def parameters(self) -> list[Tensor]:
+        """Weights and biases of the Linear layers, layer by layer, stacked over the seeds."""
+        per_seed = [
+            [
+                t.detach()
+                for m in s.net.children()
+                if isinstance(m, nn.Linear)
+                for t in (m.weight, m.bias)
+            ]
+            for s in self._seeds
+        ]
+        return [torch.stack(tensors) for tensors in zip(*per_seed, strict=True)]
+
+    @torch.no_grad()
     def hidden_activations(self, inputs: Tensor, seeds: slice = slice(None)) -> list[Tensor]:
         """Each hidden layer's activations ``[S, M, units]`` (a CReLU layer's ``2 * width``
         outputs) on ``inputs`` ``[S, M, in]``, in evaluation mode."""
