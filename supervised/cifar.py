@@ -17,7 +17,7 @@ at each new task); ``snp`` (Gaussian noise of std 1e-5 on every parameter after 
 ``retrain`` (the whole network reinitialized at each new task); ``cbp`` (replacement rate 1e-5,
 maturity 1000, contribution utility).
 
-A run directory holds ``config.json`` (with ``"command": "incremental-cifar"``), TensorBoard
+A run directory holds ``config.json`` (with ``"algorithm": "incremental-cifar"``), TensorBoard
 events (step = epoch), ``results.npz``, ``status.json`` and the checkpoints. ``results.npz``:
 per epoch ``epoch_train_accuracy``, ``epoch_train_loss``, ``epoch_validation_accuracy``,
 ``epoch_test_accuracy``, ``epoch_test_loss``, ``epoch_step_size`` ``[epochs]``; per task
@@ -49,6 +49,7 @@ from cbp_rl.nets import ResNet, resnet18
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.command import Command, Cost, Measure
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
@@ -66,7 +67,7 @@ from cbp_rl.supervised.conv_run import (
     command_main,
     parse_config,
     prepare,
-    run_loop,
+    run_prepared,
 )
 from cbp_rl.supervised.images import CIFAR_CLASSES, CifarData, load_cifar100
 
@@ -98,6 +99,7 @@ _CifarCBPHyperparameters = cbp_flags(
 )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class CifarCBPFlags(_CifarCBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp): the reference's cfg continual_backpropagation.json; its
@@ -113,6 +115,7 @@ class CifarCBPFlags(_CifarCBPHyperparameters):  # type: ignore[misc, valid-type]
         return to_cbp_config(self)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class IncrementalCifarConfig:
     """Class-incremental CIFAR-100: ResNet-18 learns 5 more classes every 200 epochs."""
@@ -144,13 +147,13 @@ class IncrementalCifarConfig:
     """Minibatch size."""
     eval_batch_size: int = 500
     """Batch size of evaluation and measures (no effect on results)."""
-    step_size: float = 0.1
+    step_size: float = field(default=0.1, metadata={"range": (0.0, None)})
     """Initial SGD step size of each task (then x0.2 at 30%, 60% and 80% of its epochs)."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata={"range": (0.0, 1.0)})
     """SGD momentum."""
-    weight_decay: float = 5e-4
+    weight_decay: float = field(default=5e-4, metadata={"range": (0.0, None)})
     """Coupled L2."""
-    noise_std: float | None = None
+    noise_std: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Noise std after each step; default 1e-5 for snp, else 0."""
     early_stopping: bool = True
     """End each task with the weights of its best-validation epoch."""
@@ -164,7 +167,7 @@ class IncrementalCifarConfig:
     """Take the plasticity measures at the start of every this-many tasks (0: never)."""
     probe_examples: int = 1000
     """Training images of the task's new classes the measures are taken on."""
-    dormant_threshold: float = 0.01
+    dormant_threshold: float = field(default=0.01, metadata={"range": (0.0, 1.0)})
     """A unit is dormant when non-zero on less than this fraction of inputs and positions."""
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -592,15 +595,27 @@ class IncrementalCifarRun(TaskEpochRun):
         return {"md5": dict(self.data.md5), "train": len(self.data.train.labels)}
 
 
-def run(config: IncrementalCifarConfig, *, stop_at_steps: int | None = None) -> RunSummary:
-    """Train (or resume) a class-incremental CIFAR-100 run."""
+def prepare_run(config: IncrementalCifarConfig) -> IncrementalCifarRun:
+    """Claim the run directory, load CIFAR-100 and build (or restore) the run."""
     data = load_cifar100(config.data_dir, download=config.download, verify=config.verify_data)
 
     def make(run_dir: Path) -> IncrementalCifarRun:
         return IncrementalCifarRun(config, data, run_dir)
 
-    experiment = prepare(config, make, command=NAME, label=config.label(), resumable=RESUMABLE)
-    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{NAME} {config.learner}")
+    return prepare(
+        config,
+        make,
+        command=NAME,
+        label=config.label(),
+        resumable=RESUMABLE,
+        budget_flag="--total-classes",
+    )
+
+
+def run(config: IncrementalCifarConfig, *, stop_at_steps: int | None = None) -> RunSummary:
+    """Train (or resume) a class-incremental CIFAR-100 run; the run directory is locked until it
+    returns."""
+    return run_prepared(prepare_run, config, stop_at_steps)
 
 
 def parse(argv: Sequence[str]) -> IncrementalCifarConfig:
@@ -609,7 +624,7 @@ def parse(argv: Sequence[str]) -> IncrementalCifarConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cbp_rl.train incremental-cifar``; returns the exit code."""
-    return command_main(parse, run, argv)
+    return command_main(NAME, parse, prepare_run, argv)
 
 
 def cost(config: IncrementalCifarConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -636,9 +651,9 @@ COMMAND = Command(
     unit="epochs",
     budget=lambda config: int(config.tasks * config.epochs_per_task),
     budget_flags=(),
-    reserved=("seed", "run-dir", "resume"),
+    reserved=("seed", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0])],
-    resume_flags=lambda config: [],
+    resume_flags=lambda config: ["--resume-fallback"],
     cost=cost,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import tyro
 
 from cbp_rl.run import conventions
-from cbp_rl.run.checkpoint import CheckpointError
 from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.configs import config_from_dict
 from cbp_rl.run.conventions import UsageError, check_run_command, stop_exit_code
@@ -83,30 +82,6 @@ def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> Confi
         return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
     default = load_saved_config(resume, cls, command)
     return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
-
-
-def run_command(
-    argv: Sequence[str] | None, parse: Callable[[list[str]], Any], start: Callable[[Any], bool]
-) -> int:
-    """Parse and run a supervised command; returns the exit code (2 for bad input, with the
-    reason on stderr; 1 when ``start`` reports that nothing was done)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config = parse(args)
-        worked = start(config)
-    except SystemExit as exit_:  # tyro: --help or a malformed flag
-        code = exit_.code
-        return code if isinstance(code, int) else 2
-    except (
-        ValueError,
-        DataUnavailableError,
-        ChecksumError,
-        CheckpointError,
-        FileExistsError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if worked else 1
 
 
 def saved_config(run_dir: Path) -> PermutedMNISTConfig:

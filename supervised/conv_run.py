@@ -10,9 +10,9 @@ position, so a resumed run computes the same floats as an uninterrupted one.
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
+import signal
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import tyro
 
+from cbp_rl.run import conventions
 from cbp_rl.run.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -34,12 +34,26 @@ from cbp_rl.run.checkpoint import (
     restore_numpy_generator,
     to_jsonable,
 )
-from cbp_rl.run.configs import config_from_dict
+from cbp_rl.run.conventions import (
+    COMMAND_KEY,
+    UsageError,
+    check_finite_losses,
+    check_finite_weights,
+    finite_floats,
+    refuse_finished,
+    stop_exit_code,
+)
 from cbp_rl.run.logging import CONFIG_FILE, RunLogger, RunStatusWriter
+from cbp_rl.run.rundir import (
+    check_run_dir_path,
+    claim_run_dir,
+    claims_released,
+    unresumable_message,
+)
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
+from cbp_rl.supervised.command import load_saved_config
+from cbp_rl.supervised.command import parse_config as _parse_config
 from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
-from cbp_rl.supervised.data import ChecksumError, DataUnavailableError
-from cbp_rl.supervised.images import DataFormatError
 from cbp_rl.supervised.results import RESULTS_FILE
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -50,6 +64,7 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunOptions:
     """Run directory, checkpoints and machine."""
@@ -59,6 +74,8 @@ class RunOptions:
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint (other flags default to the
     saved ones)."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: int | None = None
     """Epochs between checkpoints (default: the command's); 0: only at the end and on a stop
     signal."""
@@ -265,7 +282,7 @@ class TaskEpochRun(ABC):
         resume_step = None if position is None else self.log_step()
         self.logger = RunLogger(
             self.run_dir,
-            {"command": self.command, **to_jsonable(self.config)},
+            {COMMAND_KEY: self.command, **to_jsonable(self.config)},
             resume_step=resume_step,
             resume_position=position,
         )
@@ -308,6 +325,7 @@ class TaskEpochRun(ABC):
             while self.position < steps and not stop.requested and self.steps_done < limit:
                 indices = self.order[self.position * batch : (self.position + 1) * batch]
                 result = self.train_batch(indices)
+                self.check_finite(result.loss_sum, step=self.steps_done + 1)
                 self.totals[0] += result.loss_sum
                 self.totals[1] += result.correct
                 self.totals[2] += result.examples
@@ -331,9 +349,20 @@ class TaskEpochRun(ABC):
             if self.every and self.epochs_done() % self.every == 0:
                 self.save_checkpoint()
 
+    def check_finite(self, loss: float | None = None, *, step: int | None = None) -> None:
+        """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight."""
+        step = self.steps_done if step is None else step
+        where, last = str(self.run_dir), self.checkpoints.last_step
+        if loss is not None:
+            check_finite_losses({"train/loss": loss}, step=step, last_checkpoint=last, where=where)
+        else:
+            nets = {"net": self.learner.net}
+            check_finite_weights(nets, step=step, last_checkpoint=last, where=where)
+
     # ------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
         assert self.logger is not None
+        self.check_finite()
         state = {
             "config": to_jsonable(self.config),
             "data": self.data_identity(),
@@ -387,6 +416,8 @@ class RunSummary:
     run_dir: Path
     tasks_done: int
     stopped: bool
+    stopped_by: signal.Signals | None = None
+    """The signal that stopped the run (``None``: it ended by itself or at ``stop_at_steps``)."""
 
 
 RunT = TypeVar("RunT", bound=TaskEpochRun)
@@ -399,31 +430,63 @@ def prepare(
     command: str,
     label: str,
     resumable: Sequence[str],
+    budget_flag: str = "--tasks",
 ) -> RunT:
-    """Build a fresh run, or restore the one in ``config.run.resume``."""
+    """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`) and build a fresh
+    run, or restore the one in ``config.run.resume`` (refused when it is finished)."""
     try:
         resolve_device(config.run.device)
     except RuntimeError as err:  # CUDA asked for but absent: bad input, not a crash
         raise ValueError(str(err)) from None
-    if config.run.resume is not None:
-        run_dir = Path(config.run.resume)
-        manager = CheckpointManager(run_dir)
-        state = manager.load_latest(required=True)
-        assert state is not None
-        check_compatible(state["config"], to_jsonable(config), ignore=resumable, path=manager.path)
-        experiment = make(run_dir)
-        position = experiment.restore(state)
-        experiment.checkpoints.last_step = int(state["step"])
-        experiment.open_logs(position)
-        stderr_log(
-            f"resuming {run_dir} at task {experiment.task + 1}, epoch {experiment.epoch + 1}, "
-            f"step {experiment.position} of the epoch"
-        )
+    if config.run.resume is None:
+        experiment = make(_fresh_run_dir(config, command, label))
+        experiment.open_logs()
         return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / command, label)
-    experiment = make(Path(run_dir))
-    experiment.open_logs()
+    run_dir = Path(config.run.resume)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    claim_run_dir(run_dir, command=command, flag="--resume")
+    manager = CheckpointManager(run_dir)
+    if not manager.exists():
+        raise UsageError(unresumable_message(run_dir, command=command))
+    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
+    assert state is not None
+    check_compatible(state["config"], to_jsonable(config), ignore=resumable, path=manager.path)
+    experiment = make(run_dir)
+    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
+    position = experiment.restore(state)
+    refuse_finished(
+        run_dir,
+        done=experiment.task,
+        total=experiment.num_tasks(),
+        command=command,
+        flag=budget_flag,
+    )
+    experiment.checkpoints.last_step = int(state["step"])
+    experiment.open_logs(position)
+    stderr_log(
+        f"resuming {run_dir} at task {experiment.task + 1}, epoch {experiment.epoch + 1}, "
+        f"step {experiment.position} of the epoch"
+    )
     return experiment
+
+
+def _fresh_run_dir(config: Any, command: str, label: str) -> Path:
+    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
+    if config.run.run_dir is None:
+        root = check_run_dir_path(Path("runs") / command, flag="--run-dir")
+        run_dir = new_run_dir(root, label)
+    else:
+        run_dir = Path(config.run.run_dir)
+    claim_run_dir(run_dir, command=command)
+    if (run_dir / CONFIG_FILE).exists():
+        if not CheckpointManager(run_dir).exists():
+            raise UsageError(unresumable_message(run_dir, command=command))
+        raise UsageError(
+            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
+            "choose another directory"
+        )
+    return run_dir
 
 
 def run_loop(
@@ -448,7 +511,8 @@ def run_loop(
             stopped = experiment.task < experiment.num_tasks()
             if experiment.checkpoints.last_step != experiment.steps_done:
                 experiment.save_checkpoint()
-            name = None if stop.signal is None else stop.signal.name
+            stopped_by = stop.signal
+            name = None if stopped_by is None else stopped_by.name
             experiment.report_status(force=True, stopped_by=name)
         experiment.results.save(experiment.run_dir)
     finally:
@@ -462,7 +526,7 @@ def run_loop(
         )
     else:
         stderr_log(f"done: {done} tasks in {experiment.run_dir}")
-    return RunSummary(experiment.run_dir, done, stopped)
+    return RunSummary(experiment.run_dir, done, stopped, stopped_by)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -470,73 +534,40 @@ def run_loop(
 ConfigT = TypeVar("ConfigT")
 
 
-def _resume_dir(argv: Sequence[str]) -> Path | None:
-    for index, arg in enumerate(argv):
-        if arg == "--resume" and index + 1 < len(argv):
-            return Path(argv[index + 1])
-        if arg.startswith("--resume="):
-            return Path(arg.split("=", 1)[1])
-    return None
-
-
 def saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
     """The configuration a run directory was started with (its ``config.json``)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"has no config.json: not a {command} run directory",
-            run_dir,
-            f"pass the directory a `python -m cbp_rl.train {command}` run wrote",
-        )
-    with open(path, encoding="utf-8") as f:
-        values = json.load(f)
-    if values.pop("command", command) != command:
-        raise CheckpointError(
-            f"is a run of another command, not {command}", run_dir, "resume it with its command"
-        )
-    try:
-        config: ConfigT = config_from_dict(cls, values, where=str(path))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"config.json does not describe a {command} run: {err}", path, "check the directory"
-        ) from err
-    return config
+    return load_saved_config(run_dir, cls, command)
 
 
 def parse_config(cls: type[ConfigT], argv: Sequence[str], *, command: str) -> ConfigT:
     """The configuration from flags (with ``--resume DIR``: over the saved one)."""
-    prog = f"python -m cbp_rl.train {command}"
-    markers = (tyro.conf.OmitArgPrefixes,)
-    resume = _resume_dir(argv)
-    if resume is None:
-        return tyro.cli(cls, args=list(argv), prog=prog, config=markers)
-    default = saved_config(resume, cls, command)
-    return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
+    return _parse_config(cls, argv, command)
+
+
+def run_prepared(
+    prepare_run: Callable[[Any], TaskEpochRun], config: Any, stop_at_steps: int | None = None
+) -> RunSummary:
+    """``run_loop(prepare_run(config))`` holding the run directory's lock until it returns."""
+    with claims_released():
+        experiment = prepare_run(config)
+        desc = f"{experiment.command} {config.learner}"
+        return run_loop(experiment, stop_at_steps=stop_at_steps, desc=desc)
 
 
 def command_main(
+    command: str,
     parse: Callable[[Sequence[str]], Any],
-    run: Callable[[Any], RunSummary],
+    prepare_run: Callable[[Any], TaskEpochRun],
     argv: Sequence[str] | None,
 ) -> int:
-    """Run a command; the exit code (2 for bad input, with the reason on stderr)."""
+    """Run a command; the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        summary = run(parse(args))
-    except SystemExit as exit_:  # tyro: --help or a malformed flag
-        code = exit_.code
-        return code if isinstance(code, int) else 2
-    except (
-        ValueError,
-        DataUnavailableError,
-        ChecksumError,
-        DataFormatError,
-        CheckpointError,
-        FileExistsError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if summary.tasks_done or summary.stopped else 1
+
+    def execute(experiment: TaskEpochRun) -> int:
+        desc = f"{command} {experiment.config.learner}"
+        return stop_exit_code(run_loop(experiment, desc=desc).stopped_by)
+
+    return conventions.run_command(f"train {command}", lambda: parse(args), prepare_run, execute)
 
 
 __all__ = [
@@ -550,5 +581,6 @@ __all__ = [
     "parse_config",
     "prepare",
     "run_loop",
+    "run_prepared",
     "saved_config",
 ]

@@ -8,7 +8,7 @@ the network on their 600 training images each for ``--epochs`` (250) epochs in m
 epoch. At each task's start the output layer's weights and bias are set to zero (the reference's
 "new heads"). A run directory holds::
 
-    config.json              the configuration, with "command": "continual-imagenet"
+    config.json              the configuration, with "algorithm": "continual-imagenet"
     events.out.tfevents.*    TensorBoard, step = task number (1 = the first task)
     results.npz              per task (and per epoch) arrays, see below
     status.json              progress; checkpoint.pt (and checkpoint.prev.pt)
@@ -41,6 +41,7 @@ from cbp_rl.discovery import find_hidden_layers
 from cbp_rl.nets import conv_net
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.command import Command, Cost, Measure
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
@@ -59,7 +60,7 @@ from cbp_rl.supervised.conv_run import (
     command_main,
     parse_config,
     prepare,
-    run_loop,
+    run_prepared,
 )
 from cbp_rl.supervised.images import (
     IMAGES_PER_CLASS,
@@ -98,6 +99,7 @@ _ImageNetCBPHyperparameters = cbp_flags(
 )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ImageNetCBPFlags(_ImageNetCBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp): the reference's lop/imagenet/cfg/cbp.json; its
@@ -107,6 +109,7 @@ class ImageNetCBPFlags(_ImageNetCBPHyperparameters):  # type: ignore[misc, valid
         return to_cbp_config(self)
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ContinualImageNetConfig:
     """Continual ImageNet: binary classification tasks from downsampled ImageNet classes."""
@@ -131,22 +134,22 @@ class ContinualImageNetConfig:
     all 600; fewer for quick looks)."""
     test_per_class: int = IMAGES_PER_CLASS - TRAIN_IMAGES_PER_CLASS
     """Test images used per class: the first this-many of the file's last 100."""
-    pixel_scale: float = 1.0
+    pixel_scale: float = field(default=1.0, metadata={"range": (0.0, None)})
     """Multiply the stored pixel values by this (the reference feeds them unscaled: 1)."""
-    step_size: float | None = None
+    step_size: float | None = field(default=None, metadata={"range": (0.0, None)})
     """SGD step size; default the learner's (bp, snp, cbp 0.01; l2 0.03)."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata={"range": (0.0, 1.0)})
     """SGD momentum."""
-    weight_decay: float | None = None
+    weight_decay: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Coupled L2; default the learner's (l2 3e-6, snp 1e-5, else 0)."""
-    noise_std: float | None = None
+    noise_std: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Shrink-and-perturb noise std after each step; default the learner's (snp 1e-5)."""
     cbp: ImageNetCBPFlags = field(default_factory=ImageNetCBPFlags)
     measure_every: int = 1
     """Take the plasticity measures at the start of every this-many tasks (0: never)."""
     probe_examples: int = 1200
     """Training images of the new task the measures are taken on."""
-    dormant_threshold: float = 0.01
+    dormant_threshold: float = field(default=0.01, metadata={"range": (0.0, 1.0)})
     """A unit is dormant when non-zero on less than this fraction of probe inputs."""
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -429,15 +432,19 @@ def _identity(logits: Tensor) -> Tensor:
     return logits
 
 
-def run(config: ContinualImageNetConfig, *, stop_at_steps: int | None = None) -> RunSummary:
-    """Train (or resume) a continual-ImageNet run."""
+def prepare_run(config: ContinualImageNetConfig) -> ContinualImageNetRun:
+    """Claim the run directory, find the class files and build (or restore) the run."""
     files = find_class_files(config.data_dir)
 
     def make(run_dir: Path) -> ContinualImageNetRun:
         return ContinualImageNetRun(config, files, run_dir)
 
-    experiment = prepare(config, make, command=NAME, label=config.label(), resumable=RESUMABLE)
-    return run_loop(experiment, stop_at_steps=stop_at_steps, desc=f"{NAME} {config.learner}")
+    return prepare(config, make, command=NAME, label=config.label(), resumable=RESUMABLE)
+
+
+def run(config: ContinualImageNetConfig, *, stop_at_steps: int | None = None) -> RunSummary:
+    """Train (or resume) a continual-ImageNet run; the run directory is locked until it returns."""
+    return run_prepared(prepare_run, config, stop_at_steps)
 
 
 def parse(argv: Sequence[str]) -> ContinualImageNetConfig:
@@ -446,7 +453,7 @@ def parse(argv: Sequence[str]) -> ContinualImageNetConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cbp_rl.train continual-imagenet``; returns the exit code."""
-    return command_main(parse, run, argv)
+    return command_main(NAME, parse, prepare_run, argv)
 
 
 def cost(config: ContinualImageNetConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -471,9 +478,9 @@ COMMAND = Command(
     unit="epochs",
     budget=lambda config: int(config.tasks * config.epochs),
     budget_flags=("--tasks",),
-    reserved=("seed", "run-dir", "resume"),
+    reserved=("seed", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0])],
-    resume_flags=lambda config: ["--tasks", str(config.tasks)],
+    resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
     cost=cost,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""

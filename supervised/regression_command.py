@@ -6,7 +6,9 @@
     python -m cbp_rl.train regression --resume runs/cbp --examples 2000000   # continue, exactly
 
 ``--resume DIR`` takes the saved configuration as the defaults, so only what changes (e.g.
-``--examples``) needs to be given; changing anything else is refused.
+``--examples``) needs to be given; changing anything else is refused. ``--resume-fallback``
+resumes from the previous checkpoint when the latest is unreadable; exit codes, the run
+directory's lock and the refusals follow :mod:`cbp_rl.run.conventions`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cbp_rl.run import conventions
 from cbp_rl.run.command import Command, Cost, Measure
-from cbp_rl.supervised.command import load_saved_config, parse_config, run_command
+from cbp_rl.run.conventions import stop_exit_code
+from cbp_rl.supervised.command import load_saved_config, parse_config
+from cbp_rl.supervised.experiment import torch_threads
 from cbp_rl.supervised.regression_config import RegressionConfig
-from cbp_rl.supervised.regression_run import NAME, run
+from cbp_rl.supervised.regression_run import NAME, RegressionRun, prepare, train
 
 
 def saved_config(run_dir: Path) -> RegressionConfig:
@@ -31,14 +36,17 @@ def parse(argv: Sequence[str]) -> RegressionConfig:
     return parse_config(RegressionConfig, argv, NAME)
 
 
-def _start(config: RegressionConfig) -> bool:
-    summary = run(config)
-    return bool(summary.bins_done or summary.stopped)
+def execute(experiment: RegressionRun) -> int:
+    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
+    with torch_threads(experiment.config.run.threads):
+        summary = train(experiment)
+    return stop_exit_code(summary.stopped_by)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit code (2 for bad input, with the reason on stderr)."""
-    return run_command(argv, parse, _start)
+    """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return conventions.run_command(f"train {NAME}", lambda: parse(args), prepare, execute)
 
 
 def cost(config: RegressionConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -62,9 +70,9 @@ COMMAND = Command(
     unit="examples",
     budget=lambda config: int(config.examples),
     budget_flags=("--examples",),
-    reserved=("seed", "seeds", "run-dir", "resume"),
+    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
     seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
-    resume_flags=lambda config: ["--examples", str(config.examples)],
+    resume_flags=lambda config: ["--examples", str(config.examples), "--resume-fallback"],
     cost=cost,
     batches_seeds=True,
 )

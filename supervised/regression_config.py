@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec
 from cbp_rl.supervised.regression_problem import ProblemSpec
 
@@ -32,6 +33,7 @@ noise). The reference's cfg files sweep weight decay (1e-6 .. 1) for l2 and the 
 0.1) for snp at weight decay 1e-2; these defaults are picks from those ranges."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class ProblemConfig:
     """The problem (reference: cfg/sgd/bp/relu.json)."""
@@ -46,7 +48,7 @@ class ProblemConfig:
     """Flip one slow bit at a time (the reference's cfg/flip_one) instead of redrawing all."""
     target_features: int = 100
     """LTU units of the target network."""
-    beta: float = 0.7
+    beta: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
     """The LTUs' threshold parameter."""
 
     def spec(self) -> ProblemSpec:
@@ -60,6 +62,7 @@ class ProblemConfig:
         )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class LearnerNetworkConfig:
     """The learning network: inputs -> hidden units -> 1."""
@@ -80,43 +83,46 @@ class LearnerNetworkConfig:
             )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer."""
 
-    step_size: float = 0.01
+    step_size: float = field(default=0.01, metadata={"range": (0.0, None)})
     """Step size (the reference's figure: 0.01, 0.003, 0.001)."""
     optimizer: Literal["sgd", "adam"] = "sgd"
     """sgd (plain) or adam (the reference's cfg/adam)."""
-    adam_beta1: float = 0.9
+    adam_beta1: float = field(default=0.9, metadata={"range": (0.0, 1.0)})
     """Adam's first-moment decay."""
-    adam_beta2: float = 0.999
+    adam_beta2: float = field(default=0.999, metadata={"range": (0.0, 1.0)})
     """Adam's second-moment decay."""
-    adam_eps: float = 1e-8
+    adam_eps: float = field(default=1e-8, metadata={"range": (0.0, None)})
     """Adam's epsilon."""
-    weight_decay: float | None = None
+    weight_decay: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Coupled L2 on every parameter (grad + wd * w); default 1e-3 for l2, 1e-2 for snp, else 0."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class PerturbConfig:
     """Shrink and perturb (snp), on top of weight decay."""
 
-    noise_std: float | None = None
+    noise_std: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Gaussian noise std added to every weight and bias after each step; default 1e-2 for
     snp, else 0."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class CBPFlags:
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest (cfg/sgd/cbp/relu.json)."""
 
-    replacement_rate: float = 1e-4
+    replacement_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
     """Fraction of eligible units replaced per step (the reference sweeps 1e-6 .. 1e-2)."""
     maturity_threshold: int = 100
     """Units older than this many steps are eligible (the cfg's 100; the reference script
     reads another key and so ran with 10)."""
-    decay_rate: float = 0.99
+    decay_rate: float = field(default=0.99, metadata={"range": (0.0, 1.0)})
     """Decay of the running utility and mean activation."""
     utility: UtilityName = "adaptable_contribution"
     """Utility measure."""
@@ -137,6 +143,7 @@ class CBPFlags:
         )
 
 
+@finite_floats
 @dataclass(frozen=True)
 class MeasureConfig:
     """The per-bin plasticity measures of the hidden layer."""
@@ -145,6 +152,7 @@ class MeasureConfig:
     """Inputs drawn from the current input distribution at each bin's end to measure on."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RunConfig:
     """Run directory, checkpoints and machine."""
@@ -154,6 +162,8 @@ class RunConfig:
     resume: Path | None = None
     """Continue the run in this directory from its checkpoint (other flags default to the
     saved ones; --examples may grow)."""
+    resume_fallback: bool = False
+    """With --resume: if the latest checkpoint is unreadable, use the one before it."""
     checkpoint_every: int = 100_000
     """Examples between checkpoints; 0: only at the end and on Ctrl+C."""
     threads: int | None = 1
@@ -164,6 +174,7 @@ class RunConfig:
     """Show a progress bar (on a terminal)."""
 
 
+@finite_floats
 @dataclass(frozen=True)
 class RegressionConfig:
     """Slowly-changing regression (the reference's lop/slowly_changing_regression): a small

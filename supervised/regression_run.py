@@ -2,7 +2,7 @@
 
 A run directory holds::
 
-    config.json                    the full configuration ("command": "regression")
+    config.json                    the full configuration ("algorithm": "regression")
     events.out.tfevents.*          TensorBoard: the mean over seeds of every per-seed scalar
     seed_<s>/events.out.tfevents.* TensorBoard: seed s (and seed_<s>/config.json)
     results.npz                    per seed, per bin (cbp_rl.supervised.results.BinnedResults)
@@ -18,6 +18,7 @@ over the bin), ``bin/replacements`` (cbp), and the hidden layer's ``plasticity/d
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cbp_rl.run.checkpoint import (
     CheckpointManager,
@@ -35,9 +35,23 @@ from cbp_rl.run.checkpoint import (
     to_jsonable,
     torch_generator_state,
 )
-from cbp_rl.run.logging import RunStatusWriter
+from cbp_rl.run.conventions import (
+    COMMAND_KEY,
+    UsageError,
+    check_finite_losses,
+    check_finite_weights,
+    refuse_finished,
+)
+from cbp_rl.run.logging import CONFIG_FILE, RunStatusWriter
+from cbp_rl.run.rundir import (
+    check_run_dir_path,
+    claim_run_dir,
+    claims_released,
+    unresumable_message,
+)
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
 from cbp_rl.supervised.engine import BatchedLearner
+from cbp_rl.supervised.experiment import torch_threads
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.regression_config import RESUMABLE_CHANGES, RegressionConfig
 from cbp_rl.supervised.regression_problem import SlowlyChangingInputs, TargetNetwork
@@ -59,7 +73,7 @@ def _stderr(message: str) -> None:
 
 def config_json(config: RegressionConfig) -> dict[str, Any]:
     """What ``config.json`` holds: the command's name and every field."""
-    return {"command": NAME, **to_jsonable(config)}
+    return {COMMAND_KEY: NAME, **to_jsonable(config)}
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class RunSummary:
     """Stopped early (signal or ``stop_at_examples``); resume with ``--resume run_dir``."""
     errors: np.ndarray
     """``[S, bins_done]`` mean squared error per seed and bin."""
+    stopped_by: signal.Signals | None = None
+    """The signal that stopped the run (``None``: it ended by itself or at ``stop_at_examples``)."""
 
 
 class RegressionRun:
@@ -141,6 +157,7 @@ class RegressionRun:
         """Record the bin's error and the hidden layer's measures; log and save them."""
         _, loss_sum, examples = self.engine.take_totals()
         errors = loss_sum.cpu().numpy() / examples
+        self.check_finite(errors)
         replaced = self.engine.replacements()
         per_bin = (replaced - self.replaced_before).sum(1).numpy().astype(np.float64)
         self.replaced_before = replaced
@@ -203,8 +220,23 @@ class RegressionRun:
             bins=done,
         )
 
+    def check_finite(self, errors: np.ndarray | None = None) -> None:
+        """Stop (``NonFiniteError``, nothing saved) on a non-finite error or weight of any seed."""
+        where, last = str(self.run_dir), self.checkpoints.last_step
+        step = self.examples_done
+        if errors is not None:
+            seeds = self.config.seed_list
+            values = {f"bin/error, seed {s}": float(x) for s, x in zip(seeds, errors, strict=True)}
+            check_finite_losses(values, step=step, last_checkpoint=last, where=where)
+        tensors = {
+            f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
+            for i, t in enumerate(self.engine.parameters())
+        }
+        check_finite_weights(tensors, step=step, last_checkpoint=last, where=where)
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        self.check_finite()
         state = {
             "config": config_json(self.config),
             "examples_done": self.examples_done,
@@ -234,30 +266,56 @@ class RegressionRun:
 
 
 def prepare(config: RegressionConfig, log: Log = _stderr) -> RegressionRun:
-    """Build (or restore) the run, its directory and logs."""
-    if config.run.resume is not None:
-        run_dir = Path(config.run.resume)
-        manager = CheckpointManager(run_dir)
-        state = manager.load_latest(required=True)
-        assert state is not None
-        check_compatible(
-            state["config"], config_json(config), ignore=RESUMABLE_CHANGES, path=manager.path
-        )
-        if config.examples < int(state["step"]):
-            raise ValueError(
-                f"--examples {config.examples} is fewer than the run has already done "
-                f"({int(state['step'])}); give at least as many"
-            )
-        experiment = RegressionRun(config, run_dir)
-        positions = experiment.restore(state)
-        experiment.checkpoints.last_step = int(state["step"])
-        experiment.open_logs(positions)
-        log(f"resuming {run_dir} at example {experiment.examples_done:,}")
+    """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
+    run's checkpoint and build (or restore) the run and its logs."""
+    if config.run.resume is None:
+        experiment = RegressionRun(config, _fresh_run_dir(config))
+        experiment.open_logs()
         return experiment
-    run_dir = config.run.run_dir or new_run_dir(Path("runs") / NAME, config.label())
-    experiment = RegressionRun(config, Path(run_dir))
-    experiment.open_logs()
+    run_dir = Path(config.run.resume)
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: no such run directory")
+    claim_run_dir(run_dir, command=NAME, flag="--resume")
+    manager = CheckpointManager(run_dir, every=config.run.checkpoint_every)
+    if not manager.exists():
+        raise UsageError(unresumable_message(run_dir, command=NAME))
+    state = manager.load_latest(required=True, fallback=config.run.resume_fallback)
+    assert state is not None
+    check_compatible(
+        state["config"], config_json(config), ignore=RESUMABLE_CHANGES, path=manager.path
+    )
+    done = int(state["step"])
+    if config.examples < done:
+        raise ValueError(
+            f"--examples {config.examples} is fewer than the run has already done "
+            f"({done}); give at least as many"
+        )
+    refuse_finished(run_dir, done=done, total=config.examples, command=NAME, flag="--examples")
+    experiment = RegressionRun(config, run_dir)
+    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
+    positions = experiment.restore(state)
+    experiment.checkpoints.last_step = done
+    experiment.open_logs(positions)
+    log(f"resuming {run_dir} at example {experiment.examples_done:,}")
     return experiment
+
+
+def _fresh_run_dir(config: RegressionConfig) -> Path:
+    """A new run's directory, claimed: ``--run-dir`` (refused if it holds a run) or a new one."""
+    if config.run.run_dir is None:
+        root = check_run_dir_path(Path("runs") / NAME, flag="--run-dir")
+        run_dir = new_run_dir(root, config.label())
+    else:
+        run_dir = Path(config.run.run_dir)
+    claim_run_dir(run_dir, command=NAME)
+    if (run_dir / CONFIG_FILE).exists():
+        if not CheckpointManager(run_dir).exists():
+            raise UsageError(unresumable_message(run_dir, command=NAME))
+        raise UsageError(
+            f"--run-dir {run_dir} already holds a run; resume it with --resume {run_dir} or "
+            "choose another directory"
+        )
+    return run_dir
 
 
 def run(
@@ -266,22 +324,25 @@ def run(
     stop_at_examples: int | None = None,
     log: Log = _stderr,
 ) -> RunSummary:
-    """Train (or resume) a run; returns where it ended.
+    """Train (or resume) a run; returns where it ended (:func:`prepare`, then :func:`train`).
 
     ``stop_at_examples`` stops at the last chunk boundary at or before that many examples in
-    all and saves a checkpoint, as a signal would: resume with ``run.resume``.
+    all and saves a checkpoint, as a signal would: resume with ``run.resume``. The run
+    directory is locked until it returns.
     """
-    threads = torch.get_num_threads()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    try:
-        return _run(config, stop_at_examples, log)
-    finally:
-        torch.set_num_threads(threads)
+    with claims_released(), torch_threads(config.run.threads):
+        return train(prepare(config, log), stop_at_examples=stop_at_examples, log=log)
 
 
-def _run(config: RegressionConfig, stop_at_examples: int | None, log: Log) -> RunSummary:
-    experiment = prepare(config, log)
+def train(
+    experiment: RegressionRun, *, stop_at_examples: int | None = None, log: Log = _stderr
+) -> RunSummary:
+    """Train a prepared run to its end (or ``stop_at_examples``, or a signal).
+
+    Raises :class:`~cbp_rl.run.conventions.NonFiniteError` (and writes no checkpoint) when an
+    error or weight becomes non-finite.
+    """
+    config = experiment.config
     limit = config.examples if stop_at_examples is None else min(config.examples, stop_at_examples)
     try:
         with (
@@ -297,7 +358,8 @@ def _run(config: RegressionConfig, stop_at_examples: int | None, log: Log) -> Ru
             stopped = experiment.examples_done < config.examples
             if experiment.checkpoints.last_step != experiment.examples_done:
                 experiment.save_checkpoint()
-            signal_name = None if stop.signal is None else stop.signal.name
+            stopped_by = stop.signal
+            signal_name = None if stopped_by is None else stopped_by.name
             experiment.report_status(force=True, stopped_by=signal_name)
         experiment.results.save(experiment.run_dir)
     finally:
@@ -312,7 +374,7 @@ def _run(config: RegressionConfig, stop_at_examples: int | None, log: Log) -> Ru
     else:
         last = errors[:, -1].mean() if done else math.nan
         log(f"done: {done} bins in {experiment.run_dir} (last bin's error {last:.4f})")
-    return RunSummary(experiment.run_dir, done, stopped, errors)
+    return RunSummary(experiment.run_dir, done, stopped, errors, stopped_by)
 
 
-__all__ = ["NAME", "RegressionRun", "RunSummary", "config_json", "prepare", "run"]
+__all__ = ["NAME", "RegressionRun", "RunSummary", "config_json", "prepare", "run", "train"]

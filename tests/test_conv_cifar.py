@@ -129,7 +129,7 @@ def test_runs_through_the_command(cifar: Path, tmp_path: Path) -> None:
     assert np.isfinite(results["effective_rank"][:, -1]).all()
     assert sorted(results["class_order"].astype(int).tolist()) != list(range(4))
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["command"] == "incremental-cifar"
+    assert config["algorithm"] == "incremental-cifar"
     scalars = read_scalars(run_dir)
     assert [s for s, _ in scalars["epoch/test_accuracy"]] == [1, 2, 3, 4]
     assert "plasticity/dormant_units/all" in scalars

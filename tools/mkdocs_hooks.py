@@ -105,9 +105,14 @@ def reference_pages(modules: list[str]) -> list[ReferencePage]:
 PAGES: list[ReferencePage] = []
 
 
-def on_config(config: Any) -> Any:
-    """Make the view and the page list, and put the pages into the nav."""
+def on_startup(command: str, dirty: bool) -> None:
+    """Make the view before any plugin starts: mkdocstrings reads its ``paths`` in its own
+    ``on_config``, which runs before this file's (a fresh checkout has no ``build/api`` yet)."""
     installed_layout(VIEW)
+
+
+def on_config(config: Any) -> Any:
+    """Make the page list from the view, and put the pages into the nav."""
     PAGES[:] = reference_pages(module_names(VIEW))
     generated = [{page.title: page.path} for page in PAGES]
     for item in config["nav"] or []:

@@ -91,9 +91,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 COMMAND_KEY = "algorithm"
-"""The ``config.json`` key naming the command that wrote a run (``ppo``, ``sac``, ``pmnist``)."""
+"""The ``config.json`` key naming the command that wrote a run (``ppo``, ``pmnist``, ``regression``,
+...): every command writes it."""
 COMMAND_KEYS = (COMMAND_KEY, "command")
-"""The keys :func:`command_of` reads (``regression`` runs write ``command``)."""
+"""The keys :func:`command_of` reads (``regression``, ``continual-imagenet`` and
+``incremental-cifar`` runs written before they wrote :data:`COMMAND_KEY` say ``command``)."""
 
 C = TypeVar("C")
 T = TypeVar("T")
