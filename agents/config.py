@@ -290,7 +290,7 @@ class FieldMethodSettings:
         _positive("regrama_period", self.regrama_period)
         _non_negative("upgd_sigma", self.upgd_sigma)
         if not 0.0 <= self.upgd_beta_utility < 1.0:
-            raise ValueError(f"upgd_beta_utility must be in [0, 1), got {self.upgd_beta_utility}")
+            raise ValueError(f"--upgd-beta-utility must be in [0, 1), got {self.upgd_beta_utility}")
 
     def check_with(self, methods: MethodSettings) -> None:
         """Refuse combinations that cannot work, saying why."""

@@ -15,6 +15,7 @@ cbp_rl.plot`` over all runs (online accuracy per task among them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +26,7 @@ import torch
 from pmnist_evidence import BLOCK, block_means, config
 
 from cbp_rl.lab.plot import main as plot_main
+from cbp_rl.supervised.config import MeasureConfig
 from cbp_rl.supervised.experiment import run
 from cbp_rl.supervised.results import load_results
 
@@ -48,11 +50,13 @@ LEARNERS = (
 
 
 def run_learner(learner: str, args: argparse.Namespace) -> float:
-    """Run one learner; returns its seconds."""
+    """Run one learner; returns its CPU seconds."""
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    run(config(learner, args, args.out / learner), log=lambda _: None)
-    return time.perf_counter() - start
+    start = time.process_time()
+    measures = MeasureConfig(measure_every=args.measure_every, probe_examples=2000)
+    settings = dataclasses.replace(config(learner, args, args.out / learner), measures=measures)
+    run(settings, log=lambda _: None)
+    return time.process_time() - start
 
 
 def row(learner: str, run_dir: Path, seconds: float) -> str:
@@ -86,6 +90,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--step-size", type=float, default=0.03)
     parser.add_argument("--magnitude-every", type=int, default=1)
+    parser.add_argument(
+        "--measure-every", type=int, default=BLOCK, help="tasks between task-start measures"
+    )
     args = parser.parse_args()
     args.progress = False
     if args.out.exists():
@@ -98,7 +105,7 @@ def main() -> None:
         f"{args.examples_per_task} examples per task, {args.tasks} tasks, {args.seeds} seeds",
         "",
         f"| learner | best {BLOCK}-task block (%) | last {BLOCK} tasks (%) | dead units (%) "
-        "| effective rank (last layer) | weight magnitude | seconds |",
+        "| effective rank (last layer) | weight magnitude | CPU seconds |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += [row(name, args.out / name, seconds[name]) for name in args.learners]

@@ -13,7 +13,7 @@ interface, so :mod:`cbp_rl.supervised.experiment` runs either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -30,6 +30,7 @@ from cbp_rl.methods import (
     use_crelu,
 )
 from cbp_rl.optim import UPGD
+from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.engine import WINDOW_EXAMPLES, BatchedLearner, LearnerSpec, NetworkSpec
 from cbp_rl.supervised.stream import stream_seed
 
@@ -37,6 +38,8 @@ AutogradMethodName = Literal[
     "l2init", "crelu", "layernorm", "injection", "reset", "regrama", "parseval", "upgd"
 ]
 AUTOGRAD_METHODS: tuple[str, ...] = get_args(AutogradMethodName)
+HIDDEN_LAYER_METHODS = ("crelu", "layernorm", "regrama", "parseval")
+"""The methods that work on hidden layers (a network without one has nothing for them)."""
 
 
 @dataclass(frozen=True)
@@ -62,18 +65,78 @@ class MethodSpec:
                 f"unknown method {self.name!r}; valid methods are {', '.join(AUTOGRAD_METHODS)}"
             )
         for flag in ("l2init_coef", "parseval_coef", "regrama_threshold", "upgd_weight_decay"):
-            value = getattr(self, flag)
-            if not 0 <= value < float("inf"):
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+            _at_least(flag, getattr(self, flag), 0)
         for flag in ("injection_every", "reset_every", "reset_layers", "regrama_period"):
-            if getattr(self, flag) < 1:
-                raise ValueError(
-                    f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}"
-                )
-        if not self.parseval_scale > 0 or not self.upgd_sigma >= 0:
-            raise ValueError("--parseval-scale must be > 0 and --upgd-sigma >= 0")
+            _at_least(flag, getattr(self, flag), 1)
+        if not self.parseval_scale > 0:
+            raise ValueError(f"--parseval-scale must be > 0, got {self.parseval_scale}")
+        _at_least("upgd_sigma", self.upgd_sigma, 0)
         if not 0 <= self.upgd_beta_utility < 1:
             raise ValueError(f"--upgd-beta-utility must be in [0, 1), got {self.upgd_beta_utility}")
+
+
+def _at_least(flag: str, value: float, low: float) -> None:
+    if not low <= value < float("inf"):
+        raise ValueError(f"--{flag.replace('_', '-')} must be >= {low}, got {value}")
+
+
+@finite_floats
+@dataclass(frozen=True)
+class FieldMethodFlags:
+    """The field's methods (learners l2init ... upgd, cbp_rl.methods; the papers' defaults),
+    on the per-seed autograd path."""
+
+    l2init_coef: float = 1e-2
+    """L2 Init: loss coef * ||theta - theta_0||^2 (Kumar et al. 2023)."""
+    parseval_coef: float = 1e-3
+    """Parseval: loss coef * sum ||W W^T - s I||_F^2 over the hidden layers (Chung et al. 2024)."""
+    parseval_scale: float = 1.0
+    """Parseval's s."""
+    injection_every: int | None = None
+    """Plasticity injection: steps between injections; default once, halfway through the run
+    (Nikishin et al. 2023)."""
+    reset_every: int = 200_000
+    """Reset: steps between resets of the last layers (Nikishin et al. 2022: 2e5 for SAC)."""
+    reset_layers: int = 1
+    """Reset: how many of the last weight layers."""
+    regrama_threshold: float = 0.1
+    """ReGraMa: a unit whose mean |incoming gradient| over the layer's mean is at most this is
+    reinitialized (Liu et al. 2025)."""
+    regrama_period: int = 1000
+    """ReGraMa: steps between checks."""
+    upgd_weight_decay: float = 1e-3
+    """UPGD's weight decay (Elsayed & Mahmood 2024)."""
+    upgd_beta_utility: float = 0.999
+    """UPGD's utility trace decay."""
+    upgd_sigma: float = 1e-3
+    """UPGD's perturbation noise std."""
+
+    def __post_init__(self) -> None:
+        self.spec(AUTOGRAD_METHODS[0], total_steps=2)  # validates every value, learner or not
+
+    def spec(self, name: str, *, total_steps: int) -> MethodSpec:
+        """The hyperparameters of method ``name`` in a run of ``total_steps`` steps (an unset
+        ``injection_every`` injects once, halfway)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.injection_every is None:
+            values["injection_every"] = max(1, total_steps // 2)
+        return MethodSpec(name=name, **values)
+
+
+def make_learner(
+    network: NetworkSpec,
+    learner: LearnerSpec,
+    method: MethodSpec | None,
+    seeds: Sequence[int],
+    *,
+    window: int = 32,
+    loss: str = "cross_entropy",
+    device: torch.device | str = "cpu",
+) -> BatchedLearner | PerSeedLearner:
+    """The batched engine, or the per-seed autograd path when a field method is given."""
+    if method is None:
+        return BatchedLearner(network, learner, seeds, window=window, loss=loss, device=device)
+    return PerSeedLearner(network, learner, method, seeds, window=window, loss=loss, device=device)
 
 
 class _Seed:
@@ -127,8 +190,8 @@ class _Seed:
                 seed=method_seed,
             )
 
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        loss = nn.functional.cross_entropy(logits, labels)
+    def with_penalty(self, loss: Tensor) -> Tensor:
+        """``loss`` plus the method's penalty (L2 Init, Parseval)."""
         if isinstance(self.method, L2Init | ParsevalRegularizer):
             loss = loss + self.method.penalty()
         return loss
@@ -198,6 +261,7 @@ class PerSeedLearner:
         seeds: Sequence[int],
         *,
         window: int = 32,
+        loss: str = "cross_entropy",
         device: torch.device | str = "cpu",
     ) -> None:
         if learner.reinitializes or learner.perturbs or learner.dropout or learner.online_norm:
@@ -207,8 +271,16 @@ class PerSeedLearner:
             )
         if method.name == "upgd" and learner.optimizer != "sgd":
             raise ValueError("upgd is the optimizer: drop --optimizer adam")
-        start = BatchedLearner(network, learner, seeds, window=window, device=device)
+        if method.name == "crelu" and network.activation != "relu":
+            raise ValueError(
+                f"crelu replaces the relu activation: drop --activation {network.activation}"
+            )
+        if method.name in HIDDEN_LAYER_METHODS and network.depth == 0:
+            raise ValueError(f"the {method.name} learner works on hidden layers; this has none")
+        start = BatchedLearner(network, learner, seeds, window=window, loss=loss, device=device)
         self.network, self.learner, self.method = network, learner, method
+        self.loss = loss
+        self.depth = network.depth
         self.seeds = start.seeds
         self.num_seeds = len(self.seeds)
         self.device = start.device
@@ -247,12 +319,19 @@ class PerSeedLearner:
         self.examples += count
 
     def _step(self, index: int, seed: _Seed, x: Tensor, y: Tensor) -> None:
-        logits = seed.net(x)
-        with torch.no_grad():
-            self.correct[index] += (logits.argmax(-1) == y).sum()
-            self.loss_sum[index] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        outputs = seed.net(x)
+        if self.loss == "squared_error":
+            outputs = outputs.squeeze(-1)
+            loss = nn.functional.mse_loss(outputs, y)
+            with torch.no_grad():
+                self.loss_sum[index] += (outputs - y).square().sum()
+        else:
+            loss = nn.functional.cross_entropy(outputs, y)
+            with torch.no_grad():
+                self.correct[index] += (outputs.argmax(-1) == y).sum()
+                self.loss_sum[index] += nn.functional.cross_entropy(outputs, y, reduction="sum")
         seed.optimizer.zero_grad(set_to_none=False)
-        seed.loss(logits, y).backward()
+        seed.with_penalty(loss).backward()
         seed.optimizer.step()
         seed.after_step()
 
@@ -357,4 +436,11 @@ def _effective_weights(seed: _Seed) -> list[Tensor]:
     return weights
 
 
-__all__ = ["AUTOGRAD_METHODS", "MethodSpec", "PerSeedLearner"]
+__all__ = [
+    "AUTOGRAD_METHODS",
+    "HIDDEN_LAYER_METHODS",
+    "FieldMethodFlags",
+    "MethodSpec",
+    "PerSeedLearner",
+    "make_learner",
+]

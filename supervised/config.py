@@ -16,7 +16,7 @@ from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.conventions import finite_floats
 from cbp_rl.supervised.activations import get_activation
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodFlags, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
@@ -210,37 +210,6 @@ class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
 
 @finite_floats
 @dataclass(frozen=True)
-class FieldMethodFlags:
-    """The field's methods (learners l2init ... upgd, cbp_rl.methods; the papers' defaults),
-    on the per-seed autograd path."""
-
-    l2init_coef: float = 1e-2
-    """L2 Init: loss coef * ||theta - theta_0||^2 (Kumar et al. 2023)."""
-    parseval_coef: float = 1e-3
-    """Parseval: loss coef * sum ||W W^T - s I||_F^2 over the hidden layers (Chung et al. 2024)."""
-    parseval_scale: float = 1.0
-    """Parseval's s."""
-    injection_every: int | None = None
-    """Plasticity injection: steps between injections; default once, halfway through the run
-    (Nikishin et al. 2023)."""
-    reset_every: int = 200_000
-    """Reset: steps between resets of the last layers (Nikishin et al. 2022: 2e5 for SAC)."""
-    reset_layers: int = 1
-    """Reset: how many of the last weight layers."""
-    regrama_threshold: float = 0.1
-    """ReGraMa: a unit whose mean |incoming gradient| over the layer's mean is at most this is
-    reinitialized (Liu et al. 2025)."""
-    regrama_period: int = 1000
-    """ReGraMa: steps between checks."""
-    upgd_weight_decay: float = 1e-3
-    """UPGD's weight decay (Elsayed & Mahmood 2024)."""
-    upgd_beta_utility: float = 0.999
-    """UPGD's utility trace decay."""
-    upgd_sigma: float = 1e-3
-    """UPGD's perturbation noise std."""
-
-
-@dataclass(frozen=True)
 class MeasureConfig:
     """The task-start plasticity measures."""
 
@@ -399,23 +368,8 @@ class PermutedMNISTConfig:
         """The field method of an autograd-path learner (None for the batched learners)."""
         if self.learner not in AUTOGRAD_METHODS:
             return None
-        flags = self.methods
         steps = self.tasks * self.examples_per_task // self.batch_size
-        every = flags.injection_every
-        return MethodSpec(
-            name=self.learner,
-            l2init_coef=flags.l2init_coef,
-            parseval_coef=flags.parseval_coef,
-            parseval_scale=flags.parseval_scale,
-            injection_every=max(1, steps // 2) if every is None else every,
-            reset_every=flags.reset_every,
-            reset_layers=flags.reset_layers,
-            regrama_threshold=flags.regrama_threshold,
-            regrama_period=flags.regrama_period,
-            upgd_weight_decay=flags.upgd_weight_decay,
-            upgd_beta_utility=flags.upgd_beta_utility,
-            upgd_sigma=flags.upgd_sigma,
-        )
+        return self.methods.spec(self.learner, total_steps=steps)
 
     def label(self) -> str:
         """A short name: learner and width."""

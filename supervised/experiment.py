@@ -52,7 +52,7 @@ from cbp_rl.run.rundir import (
     unresumable_message,
 )
 from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir, resolve_device
-from cbp_rl.supervised.autograd import PerSeedLearner
+from cbp_rl.supervised.autograd import PerSeedLearner, make_learner
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
@@ -105,19 +105,10 @@ def make_engine(
     config: PermutedMNISTConfig, device: torch.device
 ) -> BatchedLearner | PerSeedLearner:
     """The batched engine, or the per-seed autograd path for the field's methods."""
-    method = config.method_spec()
-    if method is not None:
-        return PerSeedLearner(
-            config.network_spec(),
-            config.learner_spec(),
-            method,
-            config.seed_list,
-            window=config.optim.update_window,
-            device=device,
-        )
-    return BatchedLearner(
+    return make_learner(
         config.network_spec(),
         config.learner_spec(),
+        config.method_spec(),
         config.seed_list,
         window=config.optim.update_window,
         device=device,

@@ -12,13 +12,12 @@ import torch
 
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodFlags
 from cbp_rl.supervised.command import main
 from cbp_rl.supervised.config import (
     LEARNER_NAMES,
     CBPFlags,
     DataConfig,
-    FieldMethodFlags,
     MeasureConfig,
     NetworkConfig,
     OptimConfig,
