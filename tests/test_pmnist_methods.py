@@ -11,9 +11,13 @@ import pytest
 import torch
 
 from cbp_rl.methods import PlasticityInjection
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, MethodSpec, PerSeedLearner
+from cbp_rl.supervised.autograd import (
+    AUTOGRAD_METHODS,
+    FieldMethodFlags,
+    MethodSpec,
+    PerSeedLearner,
+)
 from cbp_rl.supervised.command import main
-from cbp_rl.supervised.autograd import FieldMethodFlags
 from cbp_rl.supervised.config import PermutedMNISTConfig
 from cbp_rl.supervised.engine import BatchedLearner, LearnerSpec, NetworkSpec
 from cbp_rl.supervised.results import load_results
