@@ -267,12 +267,13 @@ class FieldMethodSettings:
     regrama: bool = False
     """ReGraMa: ReDo on normalized gradient magnitudes (Liu et al. 2025)."""
     regrama_threshold: float = 0.1
-    """ReGraMa: reinitialize units whose normalized gradient magnitude is at most this."""
+    """ReGraMa: reinitialize units whose normalized gradient magnitude is at most this
+    (ReDo's tau; our choice, not the paper's)."""
     regrama_period: int = 100
-    """ReGraMa: updates between checks."""
+    """ReGraMa: updates between checks (as --redo-period; our choice, not the paper's)."""
     pfo_coef: float = 0.0
     """PFO (PPO only): add coef * mean (phi - phi_old)^2 on the policy's last hidden
-    pre-activations (Moalla et al. 2024); 0 = off."""
+    pre-activations (Moalla et al. 2024; their MuJoCo runs: 10); 0 = off."""
     upgd_weight_decay: float = 1e-3
     """With --optimizer upgd: its weight decay (Elsayed & Mahmood 2024)."""
     upgd_beta_utility: float = 0.999

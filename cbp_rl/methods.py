@@ -647,7 +647,9 @@ class ReGraMa(ReDo):
     ``period``-th step the units with ``g_j <= threshold`` are reinitialized as ReDo does (the
     same test, :meth:`ReDo.dormant_units`). Averaging over the steps since the last check
     matters with small batches, where one example leaves many units without gradient. The
-    threshold and period default to ReDo's (0.1, every 1000 steps).
+    threshold and period default to ReDo's (0.1, every 1000 steps): our choice, by analogy
+    with ReDo, not values from the paper or the authors' code (not found in the public sources
+    we searched); a third-party JAX port uses threshold 0.01 and period 1000.
     """
 
     def __init__(self, net: nn.Module, opt: torch.optim.Optimizer | None = None, **kwargs: Any):
@@ -747,8 +749,9 @@ class ProximalFeatures(nn.Module):
 
     ``phi_old`` those of the policy that collected the data (recorded at rollout time, e.g.
     from :meth:`features` after a no-grad forward pass). The authors' default (``feature_trust_
-    use_preactivation``, last layer only, l2, "regularize") is what this computes; their
-    configurations set the coefficient per experiment, the default here is 1.
+    use_preactivation``, last layer only, l2, "regularize") is what this computes. Their
+    configuration's default coefficient is 0 (off) and their released MuJoCo runs use 10; the
+    default here, 1, is our choice (a unit weight next to the PPO loss), not theirs.
     """
 
     def __init__(

@@ -9,7 +9,9 @@ reset, regrama, parseval, upgd (the per-seed autograd path), each learner in its
 Writes under ``--out`` one run directory per learner, ``table.md`` (best 10-task block and last
 10 tasks, online accuracy, mean +- standard error over seeds; dead units, effective rank and
 weight magnitude at the last task-start measurement) and the figures of ``python -m
-cbp_rl.plot`` over all runs (online accuracy per task among them).
+cbp_rl.plot`` over all runs (online accuracy per task among them). Stopped (Ctrl+C, SIGTERM)
+and run again with the same flags, it continues each learner from its checkpoint (``--fresh``
+starts over); the CPU seconds of the table add up every call's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from pmnist_evidence import BLOCK, block_means, config
 
 from cbp_rl.lab.plot import main as plot_main
+from cbp_rl.run.logging import read_run_status
 from cbp_rl.supervised.config import MeasureConfig
 from cbp_rl.supervised.experiment import run
 from cbp_rl.supervised.results import load_results
@@ -50,19 +53,34 @@ LEARNERS = (
 
 
 def run_learner(learner: str, args: argparse.Namespace) -> float:
-    """Run one learner; returns its CPU seconds."""
+    """Run one learner, or continue it from its checkpoint (a stopped earlier call); returns
+    its CPU seconds, over every call."""
     torch.set_num_threads(1)
-    start = time.process_time()
+    run_dir = args.out / learner
+    spent = run_dir / "cpu_seconds.txt"
+    before = float(spent.read_text()) if spent.exists() else 0.0
+    status = read_run_status(run_dir)
+    if status is not None and status.finished:
+        return before
     measures = MeasureConfig(measure_every=args.measure_every, probe_examples=2000)
-    settings = dataclasses.replace(config(learner, args, args.out / learner), measures=measures)
-    run(settings, log=lambda _: None)
-    return time.process_time() - start
+    settings = dataclasses.replace(config(learner, args, run_dir), measures=measures)
+    if (run_dir / "checkpoint.pt").exists():
+        resume = dataclasses.replace(settings.run, run_dir=None, resume=run_dir)
+        settings = dataclasses.replace(settings, run=resume)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # started, stopped before its first checkpoint
+    start = time.process_time()
+    try:
+        run(settings, log=lambda _: None)
+    finally:
+        spent.write_text(str(before + time.process_time() - start))
+    return before + time.process_time() - start
 
 
-def row(learner: str, run_dir: Path, seconds: float) -> str:
+def row(learner: str, run_dir: Path, seconds: float, block: int) -> str:
     """One line of the table."""
     results = load_results(run_dir)
-    blocks = 100 * block_means(results["accuracy"])
+    blocks = 100 * block_means(results["accuracy"], block)
     mean = blocks.mean(0)
     stderr = blocks.std(0, ddof=1) / np.sqrt(len(blocks)) if len(blocks) > 1 else 0 * mean
     best = int(np.argmax(mean))
@@ -93,9 +111,13 @@ def main() -> None:
     parser.add_argument(
         "--measure-every", type=int, default=BLOCK, help="tasks between task-start measures"
     )
+    parser.add_argument("--block", type=int, default=BLOCK, help="tasks per block of the table")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start over (default: continue stopped runs)"
+    )
     args = parser.parse_args()
     args.progress = False
-    if args.out.exists():
+    if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = {name: pool.submit(run_learner, name, args) for name in args.learners}
@@ -104,11 +126,12 @@ def main() -> None:
         f"online permuted MNIST, real digits: width {args.width}, step size {args.step_size}, "
         f"{args.examples_per_task} examples per task, {args.tasks} tasks, {args.seeds} seeds",
         "",
-        f"| learner | best {BLOCK}-task block (%) | last {BLOCK} tasks (%) | dead units (%) "
+        f"| learner | best {args.block}-task block (%) | last {args.block} tasks (%) "
+        "| dead units (%) "
         "| effective rank (last layer) | weight magnitude | CPU seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [row(name, args.out / name, seconds[name]) for name in args.learners]
+    lines += [row(name, args.out / name, seconds[name], args.block) for name in args.learners]
     text = "\n".join(lines)
     (args.out / "table.md").write_text(text + "\n")
     print(text)

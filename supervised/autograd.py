@@ -101,9 +101,9 @@ class FieldMethodFlags:
     """Reset: how many of the last weight layers."""
     regrama_threshold: float = 0.1
     """ReGraMa: a unit whose mean |incoming gradient| over the layer's mean is at most this is
-    reinitialized (Liu et al. 2025)."""
+    reinitialized (Liu et al. 2025; ReDo's tau, our choice, not the paper's)."""
     regrama_period: int = 1000
-    """ReGraMa: steps between checks."""
+    """ReGraMa: steps between checks (ReDo's period here; our choice, not the paper's)."""
     upgd_weight_decay: float = 1e-3
     """UPGD's weight decay (Elsayed & Mahmood 2024)."""
     upgd_beta_utility: float = 0.999
