@@ -112,3 +112,25 @@ def test_state_copies_are_independent() -> None:
     saved = copy.deepcopy(learner.state_dict())
     learner.train(torch.rand(1, 3, 784), torch.zeros(1, 3, dtype=torch.int64))
     assert not torch.equal(saved["nets"][0]["0.weight"], learner.to_module(0)[0].weight)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learner", "upgd", "--upgd-sigma", "nan"], "--upgd-sigma nan: not a finite number"),
+        (["--learner", "bp", "--l2init-coef", "-1"], "--l2init-coef must be >= 0"),
+        (["--upgd-beta-utility", "1"], "--upgd-beta-utility must be in [0, 1)"),
+        (["--learner", "crelu", "--activation", "tanh"], "drop --activation tanh"),
+    ],
+)
+def test_command_refuses_bad_method_values_naming_the_flag(
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    mnist_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = ["--run-dir", str(tmp_path / "r"), "--data-dir", str(mnist_dir), "--no-progress"]
+    assert main([*flags, *run]) == 2
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -120,11 +120,34 @@ def test_network_options_build_on_every_init() -> None:
 
 
 def test_bad_method_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="l2_init"):
+    with pytest.raises(ValueError, match="--l2-init must be >= 0"):
         FieldMethodSettings(l2_init=-1.0)
-    with pytest.raises(ValueError, match="reset_layers"):
+    with pytest.raises(ValueError, match="--reset-layers must be positive"):
         FieldMethodSettings(reset_layers=0)
-    with pytest.raises(ValueError, match="upgd_beta_utility"):
+    with pytest.raises(ValueError, match=r"--upgd-beta-utility must be in \[0, 1\)"):
         FieldMethodSettings(upgd_beta_utility=1.0)
     with pytest.raises(ValueError, match="injection-every with --cbp"):
         FieldMethodSettings(injection_every=10, regrama=True).check_with(MethodSettings())
+
+
+@pytest.mark.parametrize("command", [ppo_command, sac_command])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--l2-init", "nan"], "--l2-init nan: not a finite number"),
+        (["--parseval", "inf"], "--parseval inf: not a finite number"),
+        (["--upgd-sigma", "-1"], "--upgd-sigma must be >= 0"),
+        (["--regrama-period", "0"], "--regrama-period must be positive"),
+    ],
+)
+def test_commands_refuse_bad_method_values_with_exit_code_2(
+    command: object,
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main = command.main  # type: ignore[attr-defined]
+    assert main([*flags, "--run-dir", str(tmp_path / "r")]) == 2
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert not (tmp_path / "r").exists()
