@@ -28,6 +28,7 @@ discovery CBP uses (``example_inputs``, ``example_call``, ``layers`` as there).
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -448,6 +449,16 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def _copy_without_hooks(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with no hooks: copying the injection's hook on the head would
+    copy the method and every head it added, doubling the work at each injection."""
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for hooks in (sub._forward_hooks, sub._forward_pre_hooks, sub._backward_hooks):
+            memo[id(hooks)] = OrderedDict()
+    return copy.deepcopy(module, memo)
+
+
 class PlasticityInjection(nn.Module):
     """Plasticity injection (Nikishin et al. 2023, "Deep reinforcement learning with plasticity
     injection"): every ``every`` calls of :meth:`step`, the output of the module ``head`` (its
@@ -526,14 +537,14 @@ class PlasticityInjection(nn.Module):
     def _add_pair(self, generator: torch.Generator | None) -> None:
         head = self._head[0]
         trained = [head, *(self.added[k] for k in range(0, len(self.added), 2))]
-        new = copy.deepcopy(head)
+        new = _copy_without_hooks(head)
         if generator is not None:
             _reinitialize(new, generator)
         for module in trained:
             _freeze(module)
         for param in new.parameters():
             param.requires_grad_(True)
-        self.added.extend([new, _freeze(copy.deepcopy(new))])
+        self.added.extend([new, _freeze(_copy_without_hooks(new))])
         if self.optimizer is not None:
             group = {k: v for k, v in self.optimizer.param_groups[0].items() if k != "params"}
             self.optimizer.add_param_group({**group, "params": list(new.parameters())})
