@@ -23,6 +23,7 @@ from cbp_rl.run.cbp_flags import cbp_flags
 from cbp_rl.run.conventions import finite_floats, flag_name
 
 __all__ = [
+    "FieldMethodSettings",
     "MeasureSettings",
     "MethodSettings",
     "NetworkSettings",
@@ -57,7 +58,7 @@ Steps = Annotated[
 """An int flag that also accepts ``1e8`` and ``1_000_000``."""
 
 InitName = Literal["lecun", "kaiming", "xavier", "default", "orthogonal"]
-OptimizerName = Literal["adam", "adamw", "sgd", "resettable_adam"]
+OptimizerName = Literal["adam", "adamw", "sgd", "resettable_adam", "upgd"]
 CBPInit = Literal["auto", "lecun", "kaiming", "xavier", "default"]
 OptimizerReset = Literal["auto", "always", "never"]
 
@@ -143,16 +144,19 @@ class NetworkSettings:
 
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer widths of each MLP."""
-    activation: ActivationName = "relu"
-    """Hidden activation."""
+    activation: ActivationName | Literal["crelu"] = "relu"
+    """Hidden activation; crelu is [relu(x), relu(-x)], the next layer reading twice the width
+    (Abbas et al. 2023)."""
+    layer_norm: bool = False
+    """A LayerNorm before each hidden activation (Lyle et al. 2024)."""
     init: InitName = "lecun"
     """Weight init: lecun (the paper's), kaiming, xavier, default, orthogonal (CleanRL)."""
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        if self.activation not in ACTIVATION_NAMES:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_NAMES)}")
+        if self.activation not in (*ACTIVATION_NAMES, "crelu"):
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_NAMES)}, crelu")
         if self.init not in get_args(InitName):
             raise ValueError(f"init must be one of {', '.join(get_args(InitName))}")
 
@@ -163,7 +167,8 @@ class OptimizerSettings:
     """The optimizer."""
 
     optimizer: OptimizerName = "adam"
-    """adam and sgd (coupled L2), adamw (decoupled), resettable_adam (per-weight steps)."""
+    """adam and sgd (coupled L2), adamw (decoupled), resettable_adam (per-weight steps), upgd
+    (utility-gated perturbed SGD, Elsayed & Mahmood 2024; --upgd-* flags)."""
     lr: float = 1e-4
     """Learning rate."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -238,6 +243,78 @@ class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
 
 
 @finite_floats
+@dataclass(frozen=True)
+class FieldMethodSettings:
+    """More methods against loss of plasticity (cbp_rl.methods; each off by default, the
+    papers' values in the help). Steps count each network's updates (optimizer steps)."""
+
+    l2_init: float = 0.0
+    """L2 Init: add coef * ||theta - theta_0||^2 to each network's loss (Kumar et al. 2023:
+    1e-2); 0 = off."""
+    parseval: float = 0.0
+    """Parseval regularization: add coef * sum ||W W^T - s I||_F^2 over the hidden layers
+    (Chung et al. 2024: 1e-3); 0 = off."""
+    parseval_scale: float = 1.0
+    """Parseval's s."""
+    injection_every: Steps = 0
+    """Plasticity injection into each network's output layer every this many updates
+    (Nikishin et al. 2023: once, halfway); 0 = off."""
+    reset_every: Steps = 0
+    """Reset the last --reset-layers weight layers every this many updates (Nikishin et al.
+    2022: 2e5); 0 = off."""
+    reset_layers: int = 1
+    """How many of the last weight layers --reset-every reinitializes."""
+    regrama: bool = False
+    """ReGraMa: ReDo on normalized gradient magnitudes (Liu et al. 2025)."""
+    regrama_threshold: float = 0.1
+    """ReGraMa: reinitialize units whose normalized gradient magnitude is at most this
+    (ReDo's tau; our choice, not the paper's)."""
+    regrama_period: int = 100
+    """ReGraMa: updates between checks (as --redo-period; our choice, not the paper's)."""
+    pfo_coef: float = 0.0
+    """PFO (PPO only): add coef * mean (phi - phi_old)^2 on the policy's last hidden
+    pre-activations (Moalla et al. 2024; their MuJoCo runs: 10); 0 = off."""
+    upgd_weight_decay: float = 1e-3
+    """With --optimizer upgd: its weight decay (Elsayed & Mahmood 2024)."""
+    upgd_beta_utility: float = 0.999
+    """With --optimizer upgd: decay of the utility trace."""
+    upgd_sigma: float = 1e-3
+    """With --optimizer upgd: std of the perturbation noise."""
+
+    def __post_init__(self) -> None:
+        for name in ("l2_init", "parseval", "regrama_threshold", "pfo_coef", "upgd_weight_decay"):
+            _non_negative(name, getattr(self, name))
+        _positive("parseval_scale", self.parseval_scale)
+        _non_negative("injection_every", self.injection_every)
+        _non_negative("reset_every", self.reset_every)
+        _positive("reset_layers", self.reset_layers)
+        _positive("regrama_period", self.regrama_period)
+        _non_negative("upgd_sigma", self.upgd_sigma)
+        if not 0.0 <= self.upgd_beta_utility < 1.0:
+            raise ValueError(f"--upgd-beta-utility must be in [0, 1), got {self.upgd_beta_utility}")
+
+    def check_with(self, methods: MethodSettings) -> None:
+        """Refuse combinations that cannot work, saying why."""
+        if self.injection_every and (methods.cbp or methods.redo or self.regrama):
+            raise ValueError(
+                "--injection-every with --cbp, --redo or --regrama: after an injection the "
+                "output layer is three layers, so a replaced unit's outgoing weights are no "
+                "longer one layer to zero; use one or the other"
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether any of these methods is on (UPGD is the optimizer's business)."""
+        return bool(
+            self.l2_init
+            or self.parseval
+            or self.injection_every
+            or self.reset_every
+            or self.regrama
+            or self.pfo_coef
+        )
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
     """Plasticity measurements, on a probe batch of the latest experience."""

@@ -7,18 +7,32 @@ step (shrink and perturb first, then CBP and ReDo, as the reference PPO). CBP an
 activations of the latest forward pass through each network, so call :meth:`after_update` right
 after the update whose forward pass should count. All their state (utilities, ages, counters,
 random generators) is in ``state_dict()``.
+
+The methods of :class:`~cbp_rl.agents.config.FieldMethodSettings` join them: L2 Init and
+Parseval as :meth:`PlasticityMethods.penalty` (added to each network's loss), ReGraMa, resets
+and plasticity injection stepped in :meth:`PlasticityMethods.after_update` after CBP and ReDo.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from cbp_rl.agents.config import MethodSettings
+from cbp_rl.agents.config import FieldMethodSettings, MethodSettings
 from cbp_rl.cbp import ContinualBackprop
-from cbp_rl.methods import ReDo, ShrinkAndPerturb
+from cbp_rl.methods import (
+    L2Init,
+    ParsevalRegularizer,
+    PlasticityInjection,
+    ReDo,
+    ReGraMa,
+    ResetLastLayers,
+    ShrinkAndPerturb,
+    weight_layers,
+)
 
 __all__ = ["PAPER_CBP", "PlasticityMethods"]
 
@@ -55,9 +69,11 @@ class PlasticityMethods(nn.Module):
         *,
         init: str,
         seed: int,
+        field: FieldMethodSettings | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.field = field or FieldMethodSettings()
         reset = {"auto": None, "always": True, "never": False}[settings.reset_optimizer_state]
         self.cbp: dict[str, ContinualBackprop] = {}
         self.redo: dict[str, ReDo] = {}
@@ -100,11 +116,81 @@ class PlasticityMethods(nn.Module):
         self.cbp_modules = nn.ModuleDict(self.cbp)
         self.redo_modules = nn.ModuleDict(self.redo)
         self.perturb_modules = nn.ModuleDict(self.perturb)
+        self._add_field_methods(networks, optimizers, init, seed + 3 * len(networks), reset)
+
+    def _add_field_methods(
+        self,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        init: str,
+        seed: int,
+        reset: bool | None,
+    ) -> None:
+        field = self.field
+        self.penalties: dict[str, list[L2Init | ParsevalRegularizer]] = {}
+        self.stepped: dict[str, list[ReGraMa | ResetLastLayers | PlasticityInjection]] = {}
+        self.regrama: dict[str, ReGraMa] = {}
+        self.injection: dict[str, PlasticityInjection] = {}
+        modules: dict[str, nn.Module] = {}
+        for index, (name, net) in enumerate(networks.items()):
+            opt, base = optimizers[name], seed + 3 * index
+            penalties: list[L2Init | ParsevalRegularizer] = []
+            if field.l2_init:
+                penalties.append(L2Init(net, coef=field.l2_init))
+            if field.parseval:
+                penalties.append(
+                    ParsevalRegularizer(net, coef=field.parseval, scale=field.parseval_scale)
+                )
+            stepped: list[ReGraMa | ResetLastLayers | PlasticityInjection] = []
+            if field.regrama:
+                self.regrama[name] = ReGraMa(
+                    net,
+                    opt,
+                    threshold=field.regrama_threshold,
+                    period=field.regrama_period,
+                    init=init,
+                    reset_optimizer_state=bool(reset),
+                    seed=base,
+                )
+                stepped.append(self.regrama[name])
+            if field.reset_every:
+                stepped.append(
+                    ResetLastLayers(
+                        net, opt, every=field.reset_every, layers=field.reset_layers, seed=base + 1
+                    )
+                )
+            if field.injection_every:
+                head = weight_layers(net)[-1][0]
+                self.injection[name] = PlasticityInjection(
+                    net, opt, head=head, every=field.injection_every, seed=base + 2
+                )
+                stepped.append(self.injection[name])
+            self.penalties[name], self.stepped[name] = penalties, stepped
+            for k, module in enumerate([*penalties, *stepped]):
+                modules[f"{name}_{k}"] = module
+        self.field_modules = nn.ModuleDict(modules)
+
+    def penalty(self, name: str) -> Tensor | None:
+        """The L2 Init and Parseval penalties of network ``name`` (None when off)."""
+        terms = [term.penalty() for term in self.penalties.get(name, ())]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def trainable(self, name: str) -> list[Tensor]:
+        """Parameters of network ``name`` that live in the methods (injected heads)."""
+        injection = self.injection.get(name)
+        return [] if injection is None else injection.trainable()
+
+    def restore_structure(self, state: Mapping[str, Any]) -> None:
+        """Before loading a saved state: regrow the injected heads it holds."""
+        for key, module in self.field_modules.items():
+            saved = state.get(f"field_modules.{key}.injections")
+            if isinstance(module, PlasticityInjection) and saved is not None:
+                module.restore_structure(int(saved))
 
     @property
     def active(self) -> bool:
         """Whether any method is on."""
-        return bool(len(self.cbp) or len(self.redo) or len(self.perturb))
+        return bool(len(self.cbp) or len(self.redo) or len(self.perturb) or self.field.active)
 
     def after_update(self, name: str | None = None) -> int:
         """Step the methods of network ``name`` (of every network if ``None``) once, after its
@@ -117,6 +203,9 @@ class PlasticityMethods(nn.Module):
                 replaced += self.cbp[net].step()
             if net in self.redo:
                 replaced += self.redo[net].step()
+            for method in self.stepped.get(net, ()):
+                stepped = method.step()
+                replaced += stepped if isinstance(method, ReGraMa) else 0
         return replaced
 
     def replacement_counts(self) -> dict[str, list[int]]:
@@ -133,6 +222,13 @@ class PlasticityMethods(nn.Module):
                     if per_layer is None
                     else [a + b for a, b in zip(per_layer, redo_counts, strict=True)]
                 )
+            if name in self.regrama:
+                extra = [int(c) for c in self.regrama[name].reinitialized.tolist()]
+                per_layer = (
+                    extra
+                    if per_layer is None
+                    else [a + b for a, b in zip(per_layer, extra, strict=True)]
+                )
             if per_layer is not None:
                 counts[name] = per_layer
         return counts
@@ -143,3 +239,7 @@ class PlasticityMethods(nn.Module):
             cbp.remove()
         for redo in self.redo.values():
             redo.remove()
+        for regrama in self.regrama.values():
+            regrama.remove()
+        for injection in self.injection.values():
+            injection.remove()

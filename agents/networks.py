@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from cbp_rl.agents.config import NetworkSettings, OptimizerSettings
+from cbp_rl.agents.config import FieldMethodSettings, NetworkSettings, OptimizerSettings
+from cbp_rl.methods import add_layer_norm, use_crelu
 from cbp_rl.nets import mlp
-from cbp_rl.optim import make_optimizer
+from cbp_rl.optim import UPGD, make_optimizer
 
 __all__ = [
     "build_mlp",
@@ -51,17 +52,28 @@ def build_mlp(
     inits (lecun: every layer, the output layer included, ``U(+-sqrt(3/fan_in))``, zero bias).
     ``orthogonal`` is CleanRL's: orthogonal weights with gain ``sqrt(2)`` in hidden layers and
     ``output_gain`` in the output layer, zero biases. ``output_gain`` is ignored by lecun.
+
+    ``activation="crelu"`` builds the ReLU network and applies :func:`cbp_rl.methods.use_crelu`
+    (the widened layers get the same init); ``layer_norm`` applies
+    :func:`cbp_rl.methods.add_layer_norm`.
     """
-    if settings.init != "orthogonal":
-        return mlp(
-            in_dim,
-            settings.hidden_sizes,
-            out_dim,
-            activation=settings.activation,
-            init=settings.init,
-            output_gain=output_gain,
-        )
-    net = mlp(in_dim, settings.hidden_sizes, out_dim, activation=settings.activation)
+    crelu = settings.activation == "crelu"
+    activation = "relu" if crelu else settings.activation
+    orthogonal = settings.init == "orthogonal"
+    net = mlp(
+        in_dim,
+        settings.hidden_sizes,
+        out_dim,
+        activation=activation,
+        init="kaiming" if orthogonal else settings.init,
+        output_gain=1.0 if orthogonal else output_gain,
+    )
+    if crelu:
+        use_crelu(net, init=None if orthogonal else settings.init, output_gain=output_gain)
+    if settings.layer_norm:
+        add_layer_norm(net)
+    if not orthogonal:
+        return net
     linears = [module for module in net if isinstance(module, nn.Linear)]
     with torch.no_grad():
         for index, linear in enumerate(linears):
@@ -82,12 +94,28 @@ def replacement_init(settings: NetworkSettings, cbp_init: str) -> str:
     return "kaiming" if settings.init == "orthogonal" else settings.init
 
 
-def build_optimizer(settings: OptimizerSettings, params: list[nn.Parameter]) -> Optimizer:
-    """The optimizer ``settings`` describe, over ``params``.
+def build_optimizer(
+    settings: OptimizerSettings,
+    params: list[nn.Parameter],
+    upgd: FieldMethodSettings | None = None,
+    *,
+    seed: int | None = None,
+) -> Optimizer:
+    """The optimizer ``settings`` describe, over ``params`` (``upgd``: UPGD's own settings).
 
     Adam and AdamW use torch's fused kernel when ``settings.fused`` (and torch supports it);
     the rest comes from :func:`cbp_rl.optim.make_optimizer` (coupled L2 except AdamW).
     """
+    if settings.optimizer == "upgd":
+        extra = upgd or FieldMethodSettings()
+        return UPGD(
+            params,
+            lr=settings.lr,
+            weight_decay=extra.upgd_weight_decay,
+            beta_utility=extra.upgd_beta_utility,
+            sigma=extra.upgd_sigma,
+            seed=seed,
+        )
     if settings.fused and settings.optimizer in ("adam", "adamw"):
         kind = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
         try:

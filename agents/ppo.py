@@ -30,6 +30,7 @@ import tyro
 from torch import Tensor, nn
 
 from cbp_rl.agents.config import (
+    FieldMethodSettings,
     MeasureSettings,
     MethodSettings,
     NetworkSettings,
@@ -53,6 +54,7 @@ from cbp_rl.agents.runner import (
     episodes_from_infos,
 )
 from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
+from cbp_rl.methods import ProximalFeatures
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.conventions import finite_floats
@@ -169,9 +171,13 @@ class PPOConfig:
     network: Annotated[NetworkSettings, Group] = field(default_factory=NetworkSettings)
     optimizer: Annotated[OptimizerSettings, Group] = field(default_factory=OptimizerSettings)
     methods: Annotated[MethodSettings, Group] = field(default_factory=MethodSettings)
+    field_methods: Annotated[FieldMethodSettings, Group] = field(
+        default_factory=FieldMethodSettings
+    )
     measure: Annotated[MeasureSettings, Group] = field(default_factory=MeasureSettings)
 
     def __post_init__(self) -> None:
+        self.field_methods.check_with(self.methods)
         if self.ppo.batch_size % self.run.num_envs:
             raise ValueError(
                 f"batch_size {self.ppo.batch_size} does not split over {self.run.num_envs} "
@@ -341,6 +347,9 @@ class PolicyBatch(NamedTuple):
     values: Tensor
     advantages: Tensor
     returns: Tensor
+    features: Tensor
+    """PFO: the rollout policy's last hidden pre-activations ``[B, units]`` (``[B, 0]`` when
+    PFO is off)."""
 
 
 class RolloutBuffer:
@@ -394,7 +403,7 @@ class PPOAgent:
             obs_dim, action_dim, config.network, init_log_std=config.ppo.init_log_std
         ).to(self.device)
         self.value = build_mlp(obs_dim, 1, config.network).to(self.device)
-        self.optimizers = self._make_optimizers()
+        self.optimizers = self._make_optimizers(derive_seed(seed, "optimizer"))
         self.initial_lrs = {
             name: float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()
         }
@@ -404,7 +413,15 @@ class PPOAgent:
             config.methods,
             init=replacement_init(config.network, config.methods.cbp_init),
             seed=derive_seed(seed, "methods"),
+            field=config.field_methods,
         )
+        field_methods = config.field_methods
+        self.pfo = (
+            ProximalFeatures(self.policy.mean_net, coef=field_methods.pfo_coef)
+            if field_methods.pfo_coef
+            else None
+        )
+        self.pfo_total = 0.0
         self.obs_normalizer = (
             ObservationNormalizer((obs_dim,), clip=config.ppo.obs_clip).to(self.device)
             if config.ppo.normalize_obs
@@ -431,7 +448,7 @@ class PPOAgent:
         self.observations = np.zeros((self.num_envs, obs_dim))
         self._pool = ThreadPoolExecutor(1) if config.ppo.parallel_update else None
 
-    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _make_optimizers(self, seed: int) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per network.
 
         Adam, AdamW, SGD and ResettableAdam update each parameter from its own gradient and
@@ -444,8 +461,15 @@ class PPOAgent:
         if self.settings.separate_optimizers and self.settings.value_lr:
             value_settings = dataclasses.replace(settings, lr=self.settings.value_lr)
         return {
-            "policy": build_optimizer(settings, list(self.policy.parameters())),
-            "value": build_optimizer(value_settings, list(self.value.parameters())),
+            "policy": build_optimizer(
+                settings, list(self.policy.parameters()), self.config.field_methods, seed=seed
+            ),
+            "value": build_optimizer(
+                value_settings,
+                list(self.value.parameters()),
+                self.config.field_methods,
+                seed=seed + 1,
+            ),
         }
 
     # ----------------------------------------------------------------- observations
@@ -577,14 +601,24 @@ class PPOAgent:
         advantages = advantages.reshape(-1)
         if settings.advantage_norm == "batch":
             advantages = _standardize(advantages)
+        obs = buf.obs.reshape(self.batch_size, -1)
         return PolicyBatch(
-            buf.obs.reshape(self.batch_size, -1),
+            obs,
             buf.actions.reshape(self.batch_size, -1),
             log_probs.reshape(-1).clone(),
             values.reshape(-1).clone(),
             advantages,
             returns.reshape(-1),
+            self._old_features(obs),
         )
+
+    @torch.no_grad()
+    def _old_features(self, obs: Tensor) -> Tensor:
+        """PFO's ``phi_old``: the policy's last hidden pre-activations before the update."""
+        if self.pfo is None:
+            return obs.new_zeros(len(obs), 0)
+        self.policy(obs)
+        return self.pfo.features().detach().flatten(1)
 
     def _update(self, batch: PolicyBatch) -> dict[str, float]:
         """``update_epochs`` passes of minibatch updates; returns the mean diagnostics.
@@ -634,7 +668,23 @@ class PPOAgent:
             "train/log_std": float(self.policy.log_std.detach().mean()),
             "train/epochs": float(epochs),
             "train/replaced_units": float(policy_part.replaced + value_part.replaced),
+            **self._penalty_scalars(policy_part, value_part, updates),
         }
+
+    def _penalty_scalars(
+        self, policy_part: _PartUpdate, value_part: _PartUpdate, updates: int
+    ) -> dict[str, float]:
+        """``train/penalty/<network>``: the mean L2 Init + Parseval penalty, and
+        ``train/pfo_penalty`` when those methods are on."""
+        out = {}
+        field = self.config.field_methods
+        if field.l2_init or field.parseval:
+            out["train/penalty/policy"] = policy_part.penalty / updates
+            out["train/penalty/value"] = value_part.penalty / updates
+        if self.pfo is not None:
+            out["train/pfo_penalty"] = self.pfo_total / updates
+            self.pfo_total = 0.0
+        return out
 
     def _lockstep_epoch(
         self, policy_part: _PartUpdate, value_part: _PartUpdate, minibatches: list[PolicyBatch]
@@ -670,7 +720,13 @@ class PPOAgent:
             clip_coef=settings.clip_coef,
             entropy_coef=settings.entropy_coef,
         )
-        mean.backward(head.grad_mean)
+        if self.pfo is not None:
+            penalty = self.pfo.penalty(minibatch.features)
+            self.pfo_total += float(penalty.detach())
+            # one backward pass: the head's closed-form gradient and PFO's autograd one
+            torch.autograd.backward([mean, penalty], [head.grad_mean, torch.ones_like(penalty)])
+        else:
+            mean.backward(head.grad_mean)
         self.policy.log_std.grad = head.grad_log_std
         return head.stats
 
@@ -736,6 +792,7 @@ class PPOAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.methods.restore_structure(state["methods"])  # injected heads first
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
         if set(state["optimizers"]) != set(self.optimizers):
@@ -781,10 +838,15 @@ class _PartUpdate:
         self.totals: Tensor | None = None
         self.last = torch.zeros(4)
         self.replaced = 0
+        self.penalty = 0.0
 
     def backward(self, minibatch: PolicyBatch) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.gradients(minibatch)
+        penalty = self.methods.penalty(self.name)
+        if penalty is not None:  # L2 Init, Parseval: their gradients join the loss's
+            penalty.backward()
+            self.penalty += float(penalty.detach())
         self.totals = stats if self.totals is None else self.totals + stats
         self.last = stats
 

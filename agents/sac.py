@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cbp_rl.agents.config import (
+    FieldMethodSettings,
     MeasureSettings,
     MethodSettings,
     NetworkSettings,
@@ -184,15 +185,26 @@ class SACConfig:
         default_factory=lambda: OptimizerSettings(lr=3e-4)
     )
     methods: Annotated[MethodSettings, Group] = field(default_factory=MethodSettings)
+    field_methods: Annotated[FieldMethodSettings, Group] = field(
+        default_factory=FieldMethodSettings
+    )
     measure: Annotated[MeasureSettings, Group] = field(
         default_factory=lambda: MeasureSettings(plasticity_every=10_000)
     )
 
     def __post_init__(self) -> None:
+        self.field_methods.check_with(self.methods)
         if self.sac.log_every % self.run.num_envs:
             raise ValueError(
                 f"log_every {self.sac.log_every} is not a whole number of vector steps of "
                 f"{self.run.num_envs} environments; choose num_envs dividing log_every"
+            )
+        if self.field_methods.pfo_coef:
+            raise ValueError("--pfo-coef is PPO's (a penalty against the rollout policy)")
+        if self.field_methods.injection_every and self.sac.methods_on != "actor":
+            raise ValueError(
+                "--injection-every on SAC's critics would break their target copies: add "
+                "--methods-on actor"
             )
 
     @property
@@ -360,7 +372,7 @@ class SACAgent:
         self.target_entropy = (
             -float(action_dim) if settings.target_entropy is None else settings.target_entropy
         )
-        self.optimizers = self._make_optimizers()
+        self.optimizers = self._make_optimizers(derive_seed(seed, "optimizer"))
         self.alpha_optimizer = (
             torch.optim.Adam(
                 [self.log_alpha],
@@ -379,6 +391,7 @@ class SACAgent:
             config.methods,
             init=replacement_init(network, config.methods.cbp_init),
             seed=derive_seed(seed, "methods"),
+            field=config.field_methods,
         )
         self.action_generator = torch.Generator(self.device).manual_seed(
             derive_seed(seed, "actions")
@@ -409,18 +422,21 @@ class SACAgent:
         self._target_params: list[Tensor] = [
             p for q in (self.q1_target, self.q2_target) for p in q.parameters()
         ]
-        self._actor_params = list(self.actor.parameters())
 
-    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _make_optimizers(self, seed: int) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per network (the same numbers as one over both critics)."""
         settings = self.config.optimizer
         critic_settings = settings
         if self.settings.critic_lr:
             critic_settings = dataclasses.replace(settings, lr=self.settings.critic_lr)
         return {
-            "actor": build_optimizer(settings, list(self.actor.parameters())),
-            "q1": build_optimizer(critic_settings, list(self.q1.parameters())),
-            "q2": build_optimizer(critic_settings, list(self.q2.parameters())),
+            name: build_optimizer(
+                critic_settings if name in CRITICS else settings,
+                list(getattr(self, name).parameters()),
+                self.config.field_methods,
+                seed=seed + index,
+            )
+            for index, name in enumerate(("actor", "q1", "q2"))
         }
 
     def _all_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -560,7 +576,7 @@ class SACAgent:
         q2_loss = (q2 - target).square().mean()
         for name in CRITICS:
             self.optimizers[name].zero_grad(set_to_none=True)
-        (q1_loss + q2_loss).backward()
+        (q1_loss + q2_loss + self._penalty(CRITICS)).backward()
         replaced = 0
         for name in CRITICS:
             self.optimizers[name].step()
@@ -580,7 +596,11 @@ class SACAgent:
         loss = (alpha * sampled.log_prob - q).mean()
         optimizer = self.optimizers["actor"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=self._actor_params)  # no gradient into the critics
+        # no gradient into the critics; the actor's trainable parameters now (an injection
+        # freezes some and adds others)
+        trainable: list[Tensor] = [p for p in self.actor.parameters() if p.requires_grad]
+        trainable += self.methods.trainable("actor")
+        (loss + self._penalty(("actor",))).backward(inputs=trainable)
         optimizer.step()
         replaced = self.methods.after_update("actor")
         log_prob = sampled.log_prob.detach()
@@ -596,6 +616,11 @@ class SACAgent:
                 ]
             )
         return stats, replaced
+
+    def _penalty(self, names: tuple[str, ...]) -> Tensor | float:
+        """The L2 Init and Parseval penalties of these networks (0.0 when off)."""
+        terms = [p for name in names if (p := self.methods.penalty(name)) is not None]
+        return sum(terms[1:], terms[0]) if terms else 0.0
 
     def update_alpha(self, log_prob: Tensor) -> Tensor:
         """One step of ``log alpha`` on ``-mean(log alpha (log pi + target_entropy))``; returns
@@ -674,6 +699,7 @@ class SACAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.methods.restore_structure(state["methods"])  # injected heads first
         for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():

@@ -36,6 +36,7 @@ from cbp_rl.units import (
     PASS_THROUGH,
     RECURRENT_LAYERS,
     WEIGHT_LAYERS,
+    WIDENING_ACTIVATIONS,
     HiddenLayer,
     LayerSpec,
     LeftOut,
@@ -213,6 +214,8 @@ class _Walk:
         self.norm: nn.Module | None = None
         self.activation: nn.Module | None = None
         self.flat = False
+        self.width = self.units
+        """Features per example along the last dimension (twice the units after a CReLU)."""
         self.passed: list[str] = []
 
     def _after(self) -> str:
@@ -259,7 +262,10 @@ class _Walk:
             self.activation = activation
         elif not self._passes(op):
             return self._blocked(op)
-        if not self._keeps_units(shape, out):
+        widens = activation is not None and isinstance(activation, WIDENING_ACTIVATIONS)
+        if widens and not self.conv and shape[-1] == self.width and out[-1] == 2 * self.width:
+            self.width = out[-1]
+        elif not self._keeps_units(shape, out):
             return f"{op.describe()} reshapes its output{self._after()} across the units"
         self.passed.append(op.describe())
         return None
@@ -312,7 +318,7 @@ class _Walk:
 
     def _keeps_units(self, shape: tuple[int, ...], out: tuple[int, ...]) -> bool:
         if not self.conv:
-            return shape[-1] == self.units and out[-1] == self.units
+            return shape[-1] == self.width and out[-1] == self.width
         if self.flat:
             return out == shape
         if len(out) >= 2 and out[:2] == shape[:2]:
@@ -351,7 +357,7 @@ class _Walk:
             same_kind = same_conv_kind(reader, self.module)
             return self.conv and same_kind and len(shape) >= 2 and shape[1] == reader.in_channels
         if not self.conv:
-            return reader.in_features == self.units
+            return reader.in_features == self.width
         return len(shape) == 2 and reader.in_features == shape[1] and shape[1] % self.units == 0
 
 
@@ -403,7 +409,12 @@ def discover_sequential(net: nn.Module) -> list[HiddenLayer]:
         if any(True for _ in leaf.children()):
             continue
         if isinstance(leaf, WEIGHT_LAYERS):
-            if incoming is not None and activation is not None and _fits(incoming[1], leaf):
+            widening = 2 if isinstance(activation, WIDENING_ACTIVATIONS) else 1
+            if (
+                incoming is not None
+                and activation is not None
+                and _fits(incoming[1], leaf, widening)
+            ):
                 nonnegative = isinstance(activation, NONNEGATIVE_ACTIVATIONS)
                 found.append(
                     HiddenLayer(incoming[1], activation, leaf, norm, incoming[0], nonnegative)  # type: ignore[arg-type]
@@ -432,13 +443,15 @@ def _units_of(layer: WeightLayer) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _fits(incoming: WeightLayer, outgoing: WeightLayer) -> bool:
+def _fits(incoming: WeightLayer, outgoing: WeightLayer, widening: int = 1) -> bool:
     units = _units_of(incoming)
     if isinstance(outgoing, CONV_LAYERS):
         same = same_conv_kind(incoming, outgoing) and outgoing.groups == 1
-        return same and outgoing.in_channels == units
+        return same and widening == 1 and outgoing.in_channels == units
     if isinstance(incoming, nn.Linear):
-        return outgoing.in_features == units
+        return outgoing.in_features == units * widening
+    if widening != 1:  # a conv's CReLU concatenates channels: not one unit per channel
+        return False
     return outgoing.in_features % units == 0
 
 

@@ -33,7 +33,41 @@ _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 
 # Activations without a gain of their own in torch.nn.init.calculate_gain use the ReLU gain,
 # as the reference code does for swish and elu.
-_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.ELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.PReLU)
+_RELU_LIKE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.ELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.PReLU,
+)
+
+
+class CReLU(nn.Module):
+    """Concatenated ReLU (Shang et al. 2016; against loss of plasticity Abbas et al. 2023):
+    ``[relu(x), relu(-x)]``, twice the features along ``dim``.
+
+    Along the last dimension (``dim=-1``, after a Linear layer) the two halves are interleaved,
+    ``[relu(x_0), relu(-x_0), relu(x_1), relu(-x_1), ...]``: a permutation of the concatenation
+    (the layer reading it learns the same function) in which unit ``j`` owns the next layer's
+    input columns ``2j, 2j + 1``, so CBP, ReDo and the measures treat the pair as one unit. Along
+    ``dim=1`` (channels of a conv) they are concatenated.
+    """
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dim == -1:
+            return torch.stack([torch.relu(x), torch.relu(-x)], -1).flatten(-2)
+        return torch.cat([torch.relu(x), torch.relu(-x)], self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 def validate_init(init: str) -> None:
@@ -59,7 +93,7 @@ def activation_gain(activation: nn.Module | str | None) -> float:
         activation = make_activation(activation)
     if isinstance(activation, nn.LeakyReLU):
         return nn.init.calculate_gain("leaky_relu", activation.negative_slope)
-    if isinstance(activation, _RELU_LIKE):
+    if isinstance(activation, (*_RELU_LIKE, CReLU)):
         return nn.init.calculate_gain("relu")
     if isinstance(activation, nn.Tanh):
         return nn.init.calculate_gain("tanh")

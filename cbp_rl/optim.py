@@ -6,6 +6,7 @@
   weights of replaced units.
 * :func:`make_optimizer` builds the paper's baselines: SGD, Adam with configurable betas (the
   "non-stationary Adam" uses betas (0.99, 0.99)), coupled L2 weight decay, or AdamW.
+* :class:`UPGD` is utility-based perturbed gradient descent (Elsayed & Mahmood 2024).
 """
 
 from __future__ import annotations
@@ -99,6 +100,105 @@ class ResettableAdam(Optimizer):
         correction2 = torch.pow(beta2, step).neg_().add_(1.0)
         denom = exp_avg_sq.div(correction2).sqrt_().add_(eps)
         param.addcdiv_(exp_avg.div(correction1), denom, value=-lr)
+
+
+class UPGD(Optimizer):
+    """Utility-based perturbed gradient descent (Elsayed & Mahmood 2024, "Addressing loss of
+    plasticity and catastrophic forgetting in continual learning"), first-order, global.
+
+    Per weight, the utility ``u = -g * w`` is traced, ``U <- beta U + (1 - beta) u``; with the
+    bias-corrected ``U_hat = U / (1 - beta^t)`` and ``m`` the largest ``U`` over all parameters
+    (the authors' code takes the maximum before bias correction), the gate is
+    ``s = sigmoid(U_hat / m)`` and the update
+
+        w <- (1 - lr * weight_decay) w - lr (g + sigma * xi) (1 - s),   xi ~ N(0, 1),
+
+    the paper's equation (some versions of the authors' code step ``2 * lr``; this follows the
+    paper). Defaults are the authors' ``UPGD`` class: ``weight_decay = 1e-3``,
+    ``beta_utility = 0.999``, ``sigma = 1e-3`` (their permuted-MNIST step size is 0.01). When
+    ``m`` is 0 (no utility yet) the gate is ``sigmoid(0) = 1/2``. The noise comes from the
+    optimizer's own generator (``seed``), saved in ``state_dict()``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.01,
+        *,
+        weight_decay: float = 1e-3,
+        beta_utility: float = 0.999,
+        sigma: float = 1e-3,
+        seed: int | None = None,
+    ) -> None:
+        if not lr > 0.0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        if weight_decay < 0.0 or sigma < 0.0:
+            raise ValueError(
+                f"weight_decay and sigma must be non-negative, got {weight_decay} and {sigma}"
+            )
+        if not 0.0 <= beta_utility < 1.0:
+            raise ValueError(f"beta_utility must be in [0, 1), got {beta_utility}")
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "beta_utility": beta_utility,
+            "sigma": sigma,
+        }
+        super().__init__(params, defaults)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        generator = state.pop("generator", None)
+        super().load_state_dict(state)
+        if generator is not None:
+            self.generator.set_state(generator)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stepped = [
+            (p, group) for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if not stepped:
+            return loss
+        largest = None
+        for param, group in stepped:
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["avg_utility"] = torch.zeros_like(param)
+            state["step"] += 1
+            beta = group["beta_utility"]
+            assert param.grad is not None
+            state["avg_utility"].mul_(beta).add_(param.grad * param, alpha=-(1.0 - beta))
+            top = state["avg_utility"].max()
+            largest = top if largest is None else torch.maximum(largest, top)
+        assert largest is not None
+        for param, group in stepped:
+            self._update(param, group, largest)
+        return loss
+
+    def _update(self, param: Tensor, group: dict[str, Any], largest: Tensor) -> None:
+        state = self.state[param]
+        correction = 1.0 - group["beta_utility"] ** state["step"]
+        corrected = state["avg_utility"] / correction
+        ratio = corrected / largest if bool(largest != 0) else torch.zeros_like(corrected)
+        gate = torch.sigmoid(ratio)
+        noise = torch.randn(param.shape, generator=self.generator, dtype=param.dtype)
+        assert param.grad is not None
+        perturbed = param.grad + noise.to(param.device) * group["sigma"]
+        param.mul_(1.0 - group["lr"] * group["weight_decay"])
+        param.add_(perturbed * (1.0 - gate), alpha=-group["lr"])
 
 
 RESETTABLE_OPTIMIZERS: tuple[type[Optimizer], ...] = (SGD, Adam, AdamW, ResettableAdam)

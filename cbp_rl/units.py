@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.nets import activation_gain
+from cbp_rl.nets import CReLU, activation_gain
 
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WEIGHT_LAYERS = (nn.Linear, *CONV_LAYERS)
@@ -48,8 +48,12 @@ ACTIVATIONS = (
     nn.Hardtanh,
     nn.Hardswish,
     nn.Hardsigmoid,
+    CReLU,
 )
-NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, CReLU)
+WIDENING_ACTIVATIONS = (CReLU,)
+"""Activations with several outputs per unit along the last dimension (unit ``j`` owning
+consecutive outputs, as after a Flatten)."""
 # Modules that may sit between an activation and the next weight layer without changing units
 # (each keeps non-negative activations non-negative).
 PASS_THROUGH = (
@@ -277,10 +281,12 @@ class ActivationRecorder:
             )
         return [
             t
-            if t.ndim == 2 and not conv  # the common case: already [M, units]
+            if t.ndim == 2 and not conv and t.shape[1] == units  # the common case: [M, units]
             else t.reshape(t.shape[0], units, -1)
             if conv
             else t.reshape(-1, units)
+            if t.shape[-1] == units
+            else t.reshape(-1, units, t.shape[-1] // units)  # a CReLU's pairs
             for t, (units, conv) in zip(recorded, self._units, strict=True)
             if t is not None
         ]

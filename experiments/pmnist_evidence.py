@@ -58,10 +58,10 @@ def config(learner: str, args: argparse.Namespace, run_dir: Path) -> PermutedMNI
     )
 
 
-def block_means(accuracy: np.ndarray) -> np.ndarray:
-    """``[seeds, blocks]``: accuracy averaged over consecutive 10-task blocks."""
-    blocks = accuracy.shape[1] // BLOCK
-    return accuracy[:, : blocks * BLOCK].reshape(accuracy.shape[0], blocks, BLOCK).mean(2)
+def block_means(accuracy: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """``[seeds, blocks]``: accuracy averaged over consecutive ``block``-task blocks."""
+    blocks = accuracy.shape[1] // block
+    return accuracy[:, : blocks * block].reshape(accuracy.shape[0], blocks, block).mean(2)
 
 
 def summarize(name: str, run_dir: Path, seconds: float) -> dict[str, float]:

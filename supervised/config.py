@@ -16,10 +16,29 @@ from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.activations import get_activation
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodFlags, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
-LearnerName = Literal["bp", "l2", "snp", "dropout", "onlinenorm", "adam", "redo", "cbp"]
+LearnerName = Literal[
+    "bp",
+    "l2",
+    "snp",
+    "dropout",
+    "onlinenorm",
+    "adam",
+    "redo",
+    "cbp",
+    # the per-seed autograd path (cbp_rl.supervised.autograd)
+    "l2init",
+    "crelu",
+    "layernorm",
+    "injection",
+    "reset",
+    "regrama",
+    "parseval",
+    "upgd",
+]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
 
 LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -31,6 +50,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "adam": {"optimizer": "adam", "step_size": 1e-4},
     "redo": {},
     "cbp": {},
+    **{name: {} for name in AUTOGRAD_METHODS},
 }
 """Per learner, the values its ``None`` fields take (thesis chapter 4 and the reference cfgs;
 anything not listed is SGD, step size 0.003, no weight decay, no noise, no dropout)."""
@@ -229,7 +249,9 @@ class PermutedMNISTConfig:
     permutation of the pixels, its examples shown once, one at a time."""
 
     learner: LearnerName = "bp"
-    """bp (SGD), l2, snp (shrink and perturb), dropout, onlinenorm, adam, redo or cbp."""
+    """bp (SGD), l2, snp (shrink and perturb), dropout, onlinenorm, adam, redo or cbp (the
+    batched engine); l2init, crelu, layernorm, injection, reset, regrama, parseval or upgd (the
+    field's methods, per seed through autograd; see docs/methods.md)."""
     seeds: int = 1
     """Seeds of this configuration run together as one batched network."""
     seed: int = 0
@@ -249,6 +271,7 @@ class PermutedMNISTConfig:
     norm: OnlineNormFlags = field(default_factory=OnlineNormFlags)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
     cbp: CBPFlags = field(default_factory=CBPFlags)
+    methods: FieldMethodFlags = field(default_factory=FieldMethodFlags)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -265,6 +288,7 @@ class PermutedMNISTConfig:
             raise ValueError("--measure-every must be >= 0 and --probe-examples >= 1")
         check_run_flags(checkpoint_every=self.run.checkpoint_every, threads=self.run.threads)
         self.learner_spec()  # validates the learner's hyperparameters
+        self.method_spec()
 
     @property
     def seed_list(self) -> list[int]:
@@ -327,6 +351,13 @@ class PermutedMNISTConfig:
             cbp=self.cbp.to_cbp_config() if self.learner == "cbp" else None,
             cbp_reset_optimizer=self.cbp.cbp_reset_optimizer,
         )
+
+    def method_spec(self) -> MethodSpec | None:
+        """The field method of an autograd-path learner (None for the batched learners)."""
+        if self.learner not in AUTOGRAD_METHODS:
+            return None
+        steps = self.tasks * self.examples_per_task // self.batch_size
+        return self.methods.spec(self.learner, total_steps=steps)
 
     def label(self) -> str:
         """A short name: learner and width."""

@@ -569,6 +569,11 @@ class BatchedLearner:
             )
         return layouts
 
+    @property
+    def reinitializes(self) -> bool:
+        """Whether the learner reinitializes units (replacements are logged)."""
+        return self.learner.reinitializes
+
     def _replacement_bound(self, layer: int) -> float:
         init = self.learner.cbp.init if self.learner.cbp is not None else self.network.init
         sizes = self.network.sizes

@@ -43,6 +43,7 @@ from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, t
 from cbp_rl.run.logging import RunStatusWriter
 from cbp_rl.run.rundir import claims_released
 from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
+from cbp_rl.supervised.autograd import PerSeedLearner, make_learner
 from cbp_rl.supervised.config import RESUMABLE_CHANGES, PermutedMNISTConfig
 from cbp_rl.supervised.data import ImageSet, load_images
 from cbp_rl.supervised.engine import BatchedLearner
@@ -85,6 +86,20 @@ class RunSummary:
     """The signal that stopped the run, if one did."""
 
 
+def make_engine(
+    config: PermutedMNISTConfig, device: torch.device
+) -> BatchedLearner | PerSeedLearner:
+    """The batched engine, or the per-seed autograd path for the field's methods."""
+    return make_learner(
+        config.network_spec(),
+        config.learner_spec(),
+        config.method_spec(),
+        config.seed_list,
+        window=config.optim.update_window,
+        device=device,
+    )
+
+
 class PermutedMNISTRun:
     """The state of one run and its task loop. Use :func:`run` unless you need the pieces."""
 
@@ -94,13 +109,7 @@ class PermutedMNISTRun:
         self.run_dir = run_dir
         self.device = resolve_device(config.run.device)
         seeds = config.seed_list
-        self.engine = BatchedLearner(
-            config.network_spec(),
-            config.learner_spec(),
-            seeds,
-            window=config.optim.update_window,
-            device=self.device,
-        )
+        self.engine = make_engine(config, self.device)
         self.stream = PermutedTasks(
             torch.from_numpy(images.images).to(self.device),
             torch.from_numpy(images.labels).to(self.device),
@@ -211,7 +220,7 @@ class PermutedMNISTRun:
         self.replaced_before = replaced
         self.results.record_task(self.task, accuracy, loss, per_task)
         values = {"task/accuracy": accuracy, "task/loss": loss}
-        if self.engine.learner.reinitializes:
+        if self.engine.reinitializes:
             for layer in range(self.config.network.depth):
                 values[f"task/replacements/{layer}"] = per_task[:, layer].astype(np.float64)
         self._log(values, self.task + 1)
@@ -403,7 +412,7 @@ def estimated_memory(config: PermutedMNISTConfig) -> int:
 
 
 def check_finite_seeds(
-    engine: BatchedLearner,
+    engine: BatchedLearner | PerSeedLearner,
     seeds: list[int],
     losses: np.ndarray | None,
     *,

@@ -14,10 +14,30 @@ from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
 from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
+from cbp_rl.supervised.autograd import (
+    AUTOGRAD_METHODS,
+    HIDDEN_LAYER_METHODS,
+    FieldMethodFlags,
+    MethodSpec,
+)
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec
 from cbp_rl.supervised.regression_problem import ProblemSpec
 
-LearnerName = Literal["bp", "l2", "snp", "cbp"]
+LearnerName = Literal[
+    "bp",
+    "l2",
+    "snp",
+    "cbp",
+    # the per-seed autograd path (cbp_rl.supervised.autograd), as in train pmnist
+    "l2init",
+    "crelu",
+    "layernorm",
+    "injection",
+    "reset",
+    "regrama",
+    "parseval",
+    "upgd",
+]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
 ActivationName = Literal["linear", "relu", "tanh", "sigmoid", "elu", "leaky_relu", "swish"]
 ACTIVATION_NAMES: tuple[str, ...] = get_args(ActivationName)
@@ -27,6 +47,7 @@ LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "l2": {"weight_decay": 1e-3},
     "snp": {"weight_decay": 1e-2, "noise_std": 1e-2},
     "cbp": {},
+    **{name: {} for name in AUTOGRAD_METHODS},
 }
 """Per learner, the values its ``None`` fields take (anything not listed: no weight decay, no
 noise). The reference's cfg files sweep weight decay (1e-6 .. 1) for l2 and the noise (1e-6 ..
@@ -177,7 +198,9 @@ class RegressionConfig:
     network tracks a fixed LTU target network whose inputs change slowly, one example a step."""
 
     learner: LearnerName = "bp"
-    """bp (SGD), l2 (weight decay), snp (shrink and perturb) or cbp (continual backprop)."""
+    """bp (SGD), l2 (weight decay), snp (shrink and perturb) or cbp (continual backprop), on
+    the batched engine; l2init, crelu, layernorm, injection, reset, regrama, parseval or upgd
+    (the field's methods, per seed through autograd; see docs/methods.md)."""
     seeds: int = 1
     """Seeds of this configuration run together as one batched network."""
     seed: int = 0
@@ -191,6 +214,7 @@ class RegressionConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     cbp: CBPFlags = field(default_factory=CBPFlags)
+    methods: FieldMethodFlags = field(default_factory=FieldMethodFlags)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -205,9 +229,9 @@ class RegressionConfig:
         if self.measures.probe_examples < 1:
             raise ValueError(f"--probe-examples must be >= 1, got {self.measures.probe_examples}")
         check_run_flags(checkpoint_every=self.run.checkpoint_every, threads=self.run.threads)
-        if self.learner == "cbp" and self.linear:
+        if self.learner in ("cbp", *HIDDEN_LAYER_METHODS) and self.linear:
             raise ValueError(
-                "--learner cbp needs hidden units to replace: --activation linear has none; "
+                f"--learner {self.learner} works on hidden units: --activation linear has none; "
                 "pick another --activation"
             )
         self.problem.spec()  # validates the problem's sizes
@@ -256,6 +280,13 @@ class RegressionConfig:
             noise_std=self.resolved("noise_std"),
             cbp=self.cbp.to_cbp_config() if self.learner == "cbp" else None,
         )
+
+    def method_spec(self) -> MethodSpec | None:
+        """The field method of an autograd-path learner (None for the batched learners); one
+        step per example."""
+        if self.learner not in AUTOGRAD_METHODS:
+            return None
+        return self.methods.spec(self.learner, total_steps=self.examples)
 
     def label(self) -> str:
         """A short name: learner and activation."""

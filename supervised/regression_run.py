@@ -40,7 +40,7 @@ from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, t
 from cbp_rl.run.logging import RunStatusWriter
 from cbp_rl.run.rundir import claims_released
 from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
-from cbp_rl.supervised.engine import BatchedLearner
+from cbp_rl.supervised.autograd import make_learner
 from cbp_rl.supervised.experiment import check_finite_seeds
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.regression_config import RESUMABLE_CHANGES, RegressionConfig
@@ -83,9 +83,10 @@ class RegressionRun:
         self.device = resolve_device(config.run.device)
         seeds = config.seed_list
         problem = config.problem.spec()
-        self.engine = BatchedLearner(
+        self.engine = make_learner(
             config.network_spec(),
             config.learner_spec(),
+            config.method_spec(),
             seeds,
             loss="squared_error",
             device=self.device,
@@ -155,7 +156,7 @@ class RegressionRun:
             "plasticity/weight_magnitude": values["weight_magnitude"],
             "plasticity/weight_magnitude/out": values["weight_magnitude_out"],
         }
-        if self.engine.learner.reinitializes:
+        if self.engine.reinitializes:
             tags["bin/replacements"] = per_bin
         assert self.logs is not None
         self.logs.log(tags, self.examples_done)

@@ -18,7 +18,7 @@ from torch import Tensor
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.seeding import derive_seed
 
-STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo", "target", "probe")
+STREAMS = ("init", "data", "cbp", "dropout", "noise", "redo", "target", "probe", "method")
 """Named random streams of one seed; each gets its own generator seeded by :func:`stream_seed`."""
 
 
