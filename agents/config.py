@@ -23,12 +23,12 @@ from cbp_rl.run.cbp_flags import cbp_flags
 from cbp_rl.run.conventions import finite_floats, flag_name
 
 __all__ = [
-    "FieldMethodSettings",
-    "MeasureSettings",
-    "MethodSettings",
-    "NetworkSettings",
-    "OptimizerSettings",
-    "RunSettings",
+    "FieldMethodsConfig",
+    "MeasureConfig",
+    "MethodsConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "RunConfig",
     "Steps",
     "parse_steps",
 ]
@@ -75,7 +75,7 @@ def _non_negative(name: str, value: float) -> None:
 
 @finite_floats
 @dataclass(frozen=True)
-class RunSettings:
+class RunConfig:
     """Environment, budget, seed, devices and output of a run."""
 
     env: str = "Ant-v4"
@@ -139,7 +139,7 @@ class RunSettings:
 
 @finite_floats
 @dataclass(frozen=True)
-class NetworkSettings:
+class NetworkConfig:
     """Policy and value (or actor and critic) MLPs."""
 
     hidden_sizes: tuple[int, ...] = (256, 256)
@@ -163,7 +163,7 @@ class NetworkSettings:
 
 @finite_floats
 @dataclass(frozen=True)
-class OptimizerSettings:
+class OptimizerConfig:
     """The optimizer."""
 
     optimizer: OptimizerName = "adam"
@@ -193,7 +193,7 @@ class OptimizerSettings:
         _non_negative("momentum", self.momentum)
 
 
-_CBPFlags = cbp_flags(
+_CBPHyperparameters = cbp_flags(
     "CBPSettings",
     defaults={"maturity_threshold": 10_000, "init": "auto"},
     types={"init": CBPInit},
@@ -208,7 +208,7 @@ _CBPFlags = cbp_flags(
 
 @finite_floats
 @dataclass(frozen=True)
-class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
+class MethodsConfig(_CBPHyperparameters):  # type: ignore[misc, valid-type]
     """Methods against loss of plasticity: continual backprop (its hyperparameters are
     :class:`cbp_rl.CBPConfig`'s), ReDo, shrink and perturb (L2 is --weight-decay)."""
 
@@ -244,7 +244,7 @@ class MethodSettings(_CBPFlags):  # type: ignore[misc, valid-type]
 
 @finite_floats
 @dataclass(frozen=True)
-class FieldMethodSettings:
+class FieldMethodsConfig:
     """More methods against loss of plasticity (cbp_rl.methods; each off by default, the
     papers' values in the help). Steps count each network's updates (optimizer steps)."""
 
@@ -293,7 +293,7 @@ class FieldMethodSettings:
         if not 0.0 <= self.upgd_beta_utility < 1.0:
             raise ValueError(f"--upgd-beta-utility must be in [0, 1), got {self.upgd_beta_utility}")
 
-    def check_with(self, methods: MethodSettings) -> None:
+    def check_with(self, methods: MethodsConfig) -> None:
         """Refuse combinations that cannot work, saying why."""
         if self.injection_every and (methods.cbp or methods.redo or self.regrama):
             raise ValueError(
@@ -316,7 +316,7 @@ class FieldMethodSettings:
 
 
 @dataclass(frozen=True)
-class MeasureSettings:
+class MeasureConfig:
     """Plasticity measurements, on a probe batch of the latest experience."""
 
     plasticity_every: Steps = 20_480

@@ -2,13 +2,13 @@
 
 :class:`PlasticityMethods` puts :class:`cbp_rl.ContinualBackprop`, :class:`cbp_rl.methods.ReDo`
 and :class:`cbp_rl.methods.ShrinkAndPerturb` on networks such as ``{"policy": ..., "value":
-...}`` as :class:`~cbp_rl.agents.config.MethodSettings` ask, and steps them after every optimizer
+...}`` as :class:`~cbp_rl.agents.config.MethodsConfig` ask, and steps them after every optimizer
 step (shrink and perturb first, then CBP and ReDo, as the reference PPO). CBP and ReDo read the
 activations of the latest forward pass through each network, so call :meth:`after_update` right
 after the update whose forward pass should count. All their state (utilities, ages, counters,
 random generators) is in ``state_dict()``.
 
-The methods of :class:`~cbp_rl.agents.config.FieldMethodSettings` join them: L2 Init and
+The methods of :class:`~cbp_rl.agents.config.FieldMethodsConfig` join them: L2 Init and
 Parseval as :meth:`PlasticityMethods.penalty` (added to each network's loss), ReGraMa, resets
 and plasticity injection stepped in :meth:`PlasticityMethods.after_update` after CBP and ReDo.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.agents.config import FieldMethodSettings, MethodSettings
+from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig
 from cbp_rl.cbp import ContinualBackprop
 from cbp_rl.methods import (
     L2Init,
@@ -36,7 +36,7 @@ from cbp_rl.methods import (
 
 __all__ = ["PAPER_CBP", "PlasticityMethods"]
 
-PAPER_CBP = MethodSettings(
+PAPER_CBP = MethodsConfig(
     cbp=True,
     replacement_rate=1e-4,
     maturity_threshold=10_000,
@@ -65,15 +65,15 @@ class PlasticityMethods(nn.Module):
         self,
         networks: Mapping[str, nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
-        settings: MethodSettings,
+        settings: MethodsConfig,
         *,
         init: str,
         seed: int,
-        field: FieldMethodSettings | None = None,
+        field: FieldMethodsConfig | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
-        self.field = field or FieldMethodSettings()
+        self.field = field or FieldMethodsConfig()
         reset = {"auto": None, "always": True, "never": False}[settings.reset_optimizer_state]
         self.cbp: dict[str, ContinualBackprop] = {}
         self.redo: dict[str, ReDo] = {}

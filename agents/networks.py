@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from cbp_rl.agents.config import FieldMethodSettings, NetworkSettings, OptimizerSettings
+from cbp_rl.agents.config import FieldMethodsConfig, NetworkConfig, OptimizerConfig
 from cbp_rl.methods import add_layer_norm, use_crelu
 from cbp_rl.nets import mlp
 from cbp_rl.optim import UPGD, make_optimizer
@@ -44,7 +44,7 @@ def gaussian_entropy(log_std: Tensor) -> Tensor:
 
 
 def build_mlp(
-    in_dim: int, out_dim: int, settings: NetworkSettings, *, output_gain: float = 1.0
+    in_dim: int, out_dim: int, settings: NetworkConfig, *, output_gain: float = 1.0
 ) -> nn.Sequential:
     """``Linear -> activation -> ... -> Linear`` as ``settings`` describe.
 
@@ -83,7 +83,7 @@ def build_mlp(
     return net
 
 
-def replacement_init(settings: NetworkSettings, cbp_init: str) -> str:
+def replacement_init(settings: NetworkConfig, cbp_init: str) -> str:
     """The distribution CBP and ReDo draw new incoming weights from.
 
     ``auto`` follows the network's init; orthogonal networks get ``kaiming`` (uniform with the
@@ -95,9 +95,9 @@ def replacement_init(settings: NetworkSettings, cbp_init: str) -> str:
 
 
 def build_optimizer(
-    settings: OptimizerSettings,
+    settings: OptimizerConfig,
     params: list[nn.Parameter],
-    upgd: FieldMethodSettings | None = None,
+    upgd: FieldMethodsConfig | None = None,
     *,
     seed: int | None = None,
 ) -> Optimizer:
@@ -107,7 +107,7 @@ def build_optimizer(
     the rest comes from :func:`cbp_rl.optim.make_optimizer` (coupled L2 except AdamW).
     """
     if settings.optimizer == "upgd":
-        extra = upgd or FieldMethodSettings()
+        extra = upgd or FieldMethodsConfig()
         return UPGD(
             params,
             lr=settings.lr,

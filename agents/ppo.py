@@ -30,12 +30,12 @@ import tyro
 from torch import Tensor, nn
 
 from cbp_rl.agents.config import (
-    FieldMethodSettings,
-    MeasureSettings,
-    MethodSettings,
-    NetworkSettings,
-    OptimizerSettings,
-    RunSettings,
+    FieldMethodsConfig,
+    MeasureConfig,
+    MethodsConfig,
+    NetworkConfig,
+    OptimizerConfig,
+    RunConfig,
 )
 from cbp_rl.agents.methods import PlasticityMethods
 from cbp_rl.agents.networks import (
@@ -63,8 +63,8 @@ from cbp_rl.run.seeding import derive_seed
 __all__ = [
     "GaussianPolicy",
     "PPOAgent",
+    "PPOAlgorithmConfig",
     "PPOConfig",
-    "PPOSettings",
     "PolicyBatch",
     "PolicyHead",
     "compute_gae",
@@ -78,7 +78,7 @@ AdvantageNorm = Literal["batch", "minibatch", "off"]
 
 @finite_floats
 @dataclass(frozen=True)
-class PPOSettings:
+class PPOAlgorithmConfig:
     """PPO: rollout, losses and update."""
 
     batch_size: int = 2048
@@ -164,17 +164,15 @@ class PPOConfig:
 
     preset: PresetName = "standard"
     """Start from: standard, ns, l2, redo, cbp (also --cbp), cleanrl; flags override it."""
-    run: Annotated[RunSettings, Group] = field(default_factory=RunSettings)
-    ppo: Annotated[PPOSettings, Group] = field(
-        default_factory=lambda: PPOSettings(truncation_as_termination=True)
+    run: Annotated[RunConfig, Group] = field(default_factory=RunConfig)
+    ppo: Annotated[PPOAlgorithmConfig, Group] = field(
+        default_factory=lambda: PPOAlgorithmConfig(truncation_as_termination=True)
     )
-    network: Annotated[NetworkSettings, Group] = field(default_factory=NetworkSettings)
-    optimizer: Annotated[OptimizerSettings, Group] = field(default_factory=OptimizerSettings)
-    methods: Annotated[MethodSettings, Group] = field(default_factory=MethodSettings)
-    field_methods: Annotated[FieldMethodSettings, Group] = field(
-        default_factory=FieldMethodSettings
-    )
-    measure: Annotated[MeasureSettings, Group] = field(default_factory=MeasureSettings)
+    network: Annotated[NetworkConfig, Group] = field(default_factory=NetworkConfig)
+    optimizer: Annotated[OptimizerConfig, Group] = field(default_factory=OptimizerConfig)
+    methods: Annotated[MethodsConfig, Group] = field(default_factory=MethodsConfig)
+    field_methods: Annotated[FieldMethodsConfig, Group] = field(default_factory=FieldMethodsConfig)
+    measure: Annotated[MeasureConfig, Group] = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
         self.field_methods.check_with(self.methods)
@@ -325,7 +323,7 @@ class GaussianPolicy(nn.Module):
     """``N(mean_net(obs), exp(log_std)^2)`` with a state-independent ``log_std``."""
 
     def __init__(
-        self, obs_dim: int, action_dim: int, network: NetworkSettings, *, init_log_std: float
+        self, obs_dim: int, action_dim: int, network: NetworkConfig, *, init_log_std: float
     ) -> None:
         super().__init__()
         head_gain = 0.01 if network.init == "orthogonal" else 1.0  # CleanRL's policy head

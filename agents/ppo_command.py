@@ -28,14 +28,14 @@ import torch
 
 from cbp_rl.agents.cli import parse_config, rl_command, run_command
 from cbp_rl.agents.config import (
-    MethodSettings,
-    NetworkSettings,
-    OptimizerSettings,
-    RunSettings,
+    MethodsConfig,
+    NetworkConfig,
+    OptimizerConfig,
+    RunConfig,
 )
 from cbp_rl.agents.methods import PAPER_CBP
 from cbp_rl.agents.normalization import ObservationNormalizer
-from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOConfig, PPOSettings
+from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOAlgorithmConfig, PPOConfig
 from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
 from cbp_rl.envs.vector import EnvDescription
 from cbp_rl.run.configs import config_from_dict
@@ -46,7 +46,7 @@ ALGORITHM = "ppo"
 PROG = "python -m cbp_rl.train ppo"
 
 _PAPER = PPOConfig()  # the defaults are the paper's standard PPO
-_NS_ADAM = OptimizerSettings(betas=(0.99, 0.99))
+_NS_ADAM = OptimizerConfig(betas=(0.99, 0.99))
 
 PRESETS: dict[str, PPOConfig] = {
     "standard": dataclasses.replace(_PAPER, preset="standard"),
@@ -58,7 +58,7 @@ PRESETS: dict[str, PPOConfig] = {
         _PAPER,
         preset="redo",
         optimizer=dataclasses.replace(_NS_ADAM, weight_decay=1e-4),
-        methods=MethodSettings(redo=True, redo_threshold=0.1, redo_period=100),
+        methods=MethodsConfig(redo=True, redo_threshold=0.1, redo_period=100),
     ),
     "cbp": dataclasses.replace(
         _PAPER,
@@ -68,8 +68,8 @@ PRESETS: dict[str, PPOConfig] = {
     ),
     "cleanrl": PPOConfig(
         preset="cleanrl",
-        run=RunSettings(num_envs=1, total_steps=1_000_000),
-        ppo=PPOSettings(
+        run=RunConfig(num_envs=1, total_steps=1_000_000),
+        ppo=PPOAlgorithmConfig(
             num_minibatches=32,
             value_coef=0.25,
             clip_value_loss=True,
@@ -80,8 +80,8 @@ PRESETS: dict[str, PPOConfig] = {
             normalize_reward=True,
             clip_actions=True,
         ),
-        network=NetworkSettings(hidden_sizes=(64, 64), activation="tanh", init="orthogonal"),
-        optimizer=OptimizerSettings(lr=3e-4, eps=1e-5, anneal_lr=True),
+        network=NetworkConfig(hidden_sizes=(64, 64), activation="tanh", init="orthogonal"),
+        optimizer=OptimizerConfig(lr=3e-4, eps=1e-5, anneal_lr=True),
     ),
 }
 """The presets by name; ``--preset NAME`` starts from one."""

@@ -86,7 +86,7 @@ from cbp_rl.run.runtime import (
 from cbp_rl.run.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from cbp_rl.agents.config import RunSettings
+    from cbp_rl.agents.config import RunConfig
 
 __all__ = [
     "METRIC",
@@ -277,8 +277,8 @@ def prepare_run(
 ) -> PreparedRun:
     """Validate a run before anything runs; raises ``ValueError`` or ``CheckpointError``.
 
-    ``config`` is a frozen dataclass with ``run`` (:class:`~cbp_rl.agents.config.RunSettings`)
-    and ``measure`` (:class:`~cbp_rl.agents.config.MeasureSettings`). Checks the device, the
+    ``config`` is a frozen dataclass with ``run`` (:class:`~cbp_rl.agents.config.RunConfig`)
+    and ``measure`` (:class:`~cbp_rl.agents.config.MeasureConfig`). Checks the device, the
     environment (a continuous-action Gymnasium id, built once), the run directory (a fresh run
     never reuses one that holds a run) and, on resume, the checkpoint (readable, of this
     algorithm, with a compatible config, not finished). The run directory's lock
@@ -371,7 +371,7 @@ def _check_same_simulator(checkpoint: dict[str, Any], vector_mode: str, path: Pa
         )
 
 
-def env_kwargs(run: RunSettings) -> dict[str, Any]:
+def env_kwargs(run: RunConfig) -> dict[str, Any]:
     """``gym.make`` keywords of each sub-env: defaults from the run's seed (the schedule seed of
     non-stationary envs), then the user's ``--env-kwargs``."""
     return {**seeded_env_kwargs(run.env, run.seed), **run.gym_kwargs()}

@@ -43,12 +43,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from cbp_rl.agents.config import (
-    FieldMethodSettings,
-    MeasureSettings,
-    MethodSettings,
-    NetworkSettings,
-    OptimizerSettings,
-    RunSettings,
+    FieldMethodsConfig,
+    MeasureConfig,
+    MethodsConfig,
+    NetworkConfig,
+    OptimizerConfig,
+    RunConfig,
     Steps,
 )
 from cbp_rl.agents.methods import PlasticityMethods
@@ -66,8 +66,8 @@ __all__ = [
     "NETWORKS",
     "ActorOutput",
     "SACAgent",
+    "SACAlgorithmConfig",
     "SACConfig",
-    "SACSettings",
     "SquashedGaussianActor",
     "build_critic",
     "squashed_gaussian_log_prob",
@@ -84,7 +84,7 @@ _SATURATION_TOLERANCE = 0.01
 
 @finite_floats
 @dataclass(frozen=True)
-class SACSettings:
+class SACAlgorithmConfig:
     """SAC: replay, updates, entropy, actor."""
 
     buffer_size: Steps = 1_000_000
@@ -172,24 +172,22 @@ class SACConfig:
 
     preset: PresetName = "standard"
     """Start from: standard, cbp (also --cbp); flags override it."""
-    run: Annotated[RunSettings, Group] = field(
-        default_factory=lambda: RunSettings(
+    run: Annotated[RunConfig, Group] = field(
+        default_factory=lambda: RunConfig(
             env="Hopper-v4", num_envs=1, total_steps=1_000_000, checkpoint_every=100_000
         )
     )
-    sac: Annotated[SACSettings, Group] = field(default_factory=SACSettings)
-    network: Annotated[NetworkSettings, Group] = field(
-        default_factory=lambda: NetworkSettings(init="default")
+    sac: Annotated[SACAlgorithmConfig, Group] = field(default_factory=SACAlgorithmConfig)
+    network: Annotated[NetworkConfig, Group] = field(
+        default_factory=lambda: NetworkConfig(init="default")
     )
-    optimizer: Annotated[OptimizerSettings, Group] = field(
-        default_factory=lambda: OptimizerSettings(lr=3e-4)
+    optimizer: Annotated[OptimizerConfig, Group] = field(
+        default_factory=lambda: OptimizerConfig(lr=3e-4)
     )
-    methods: Annotated[MethodSettings, Group] = field(default_factory=MethodSettings)
-    field_methods: Annotated[FieldMethodSettings, Group] = field(
-        default_factory=FieldMethodSettings
-    )
-    measure: Annotated[MeasureSettings, Group] = field(
-        default_factory=lambda: MeasureSettings(plasticity_every=10_000)
+    methods: Annotated[MethodsConfig, Group] = field(default_factory=MethodsConfig)
+    field_methods: Annotated[FieldMethodsConfig, Group] = field(default_factory=FieldMethodsConfig)
+    measure: Annotated[MeasureConfig, Group] = field(
+        default_factory=lambda: MeasureConfig(plasticity_every=10_000)
     )
 
     def __post_init__(self) -> None:
@@ -250,7 +248,7 @@ class SquashedGaussianActor(nn.Module):
         self,
         obs_dim: int,
         action_dim: int,
-        network: NetworkSettings,
+        network: NetworkConfig,
         *,
         log_std_min: float,
         log_std_max: float,
@@ -280,7 +278,7 @@ class SquashedGaussianActor(nn.Module):
         return torch.tanh(mean)
 
 
-def build_critic(obs_dim: int, action_dim: int, network: NetworkSettings) -> nn.Sequential:
+def build_critic(obs_dim: int, action_dim: int, network: NetworkConfig) -> nn.Sequential:
     """``Q(s, a)``: an MLP on the concatenation ``[s, a]`` with one output."""
     return build_mlp(obs_dim + action_dim, 1, network)
 
@@ -290,7 +288,7 @@ def _q_values(critic: nn.Module, obs: Tensor, actions: Tensor) -> Tensor:
     return values.squeeze(-1)
 
 
-def _target_copy(online: nn.Module, network: NetworkSettings, in_dim: int) -> nn.Sequential:
+def _target_copy(online: nn.Module, network: NetworkConfig, in_dim: int) -> nn.Sequential:
     """A fresh MLP with ``online``'s weights: no hooks of ``online`` come along (a deepcopy would
     copy CBP's recording hooks), no gradients."""
     target = build_mlp(in_dim, 1, network)

@@ -35,7 +35,12 @@ from baselines import ReferenceLearner, read_pass  # benchmarks/baselines.py
 
 from cbp_rl import CBPConfig, ContinualBackprop
 from cbp_rl.methods import ReDo, ShrinkAndPerturb
-from cbp_rl.supervised.config import LEARNER_NAMES, CBPFlags, NetworkConfig, PermutedMNISTConfig
+from cbp_rl.supervised.config import (
+    LEARNER_NAMES,
+    CBPLearnerConfig,
+    NetworkConfig,
+    PermutedMNISTConfig,
+)
 from cbp_rl.supervised.engine import BatchedLearner, LearnerSpec, NetworkSpec
 
 Step = Callable[[], int]
@@ -76,7 +81,7 @@ def learner_steps(name: str, seeds: int, engine: bool) -> Step:
     config = PermutedMNISTConfig(
         learner=name,  # type: ignore[arg-type]
         network=NetworkConfig(width=100),
-        cbp=CBPFlags(magnitude_every=10),
+        cbp=CBPLearnerConfig(magnitude_every=10),
     )
     spec = config.learner_spec()
     learner = BatchedLearner(config.network_spec(), spec, list(range(seeds if engine else 1)))

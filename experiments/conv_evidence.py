@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cbp_rl.lab.plot import main as plot_main
-from cbp_rl.supervised.conv_run import RunOptions, load_conv_results
+from cbp_rl.supervised.conv_run import ConvRunConfig, load_conv_results
 from cbp_rl.supervised.data import load_images
 from cbp_rl.supervised.imagenet import ContinualImageNetConfig, run
 
@@ -80,7 +80,7 @@ def main() -> None:
                 step_size=args.step_size,
                 data_dir=classes,
                 probe_examples=2 * args.train_per_class,
-                run=RunOptions(
+                run=ConvRunConfig(
                     run_dir=args.out / f"{learner}-s{seed}",
                     checkpoint_every=0,
                     threads=args.threads,

@@ -28,7 +28,7 @@ import torch
 
 from cbp_rl.lab.plot import main as plot_main
 from cbp_rl.supervised.config import (
-    CBPFlags,
+    CBPLearnerConfig,
     DataConfig,
     MeasureConfig,
     NetworkConfig,
@@ -52,7 +52,7 @@ def config(learner: str, args: argparse.Namespace, run_dir: Path) -> PermutedMNI
         data=DataConfig(data_dir=args.data_dir, download=False),
         network=NetworkConfig(width=args.width),
         optim=OptimConfig(step_size=args.step_size),
-        cbp=CBPFlags(magnitude_every=args.magnitude_every),
+        cbp=CBPLearnerConfig(magnitude_every=args.magnitude_every),
         measures=MeasureConfig(measure_every=BLOCK, probe_examples=2000),
         run=RunConfig(run_dir=run_dir, progress=args.progress, checkpoint_every=0),
     )

@@ -82,7 +82,7 @@ def _at_least(flag: str, value: float, low: float) -> None:
 
 @finite_floats
 @dataclass(frozen=True)
-class FieldMethodFlags:
+class FieldMethodsConfig:
     """The field's methods (learners l2init ... upgd, cbp_rl.methods; the papers' defaults),
     on the per-seed autograd path."""
 
@@ -439,7 +439,7 @@ def _effective_weights(seed: _Seed) -> list[Tensor]:
 __all__ = [
     "AUTOGRAD_METHODS",
     "HIDDEN_LAYER_METHODS",
-    "FieldMethodFlags",
+    "FieldMethodsConfig",
     "MethodSpec",
     "PerSeedLearner",
     "make_learner",

@@ -55,13 +55,13 @@ from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
     ConvLearner,
-    SGDSettings,
+    SGDConfig,
     StepResult,
     plasticity_measures,
 )
 from cbp_rl.supervised.conv_run import (
     ConvResults,
-    RunOptions,
+    ConvRunConfig,
     RunSummary,
     TaskEpochRun,
     check_conv_flags,
@@ -102,7 +102,7 @@ _CifarCBPHyperparameters = cbp_flags(
 
 @finite_floats
 @dataclass(frozen=True)
-class CifarCBPFlags(_CifarCBPHyperparameters):  # type: ignore[misc, valid-type]
+class CifarCBPConfig(_CifarCBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp): the reference's cfg continual_backpropagation.json; its
     hyperparameters are :class:`cbp_rl.CBPConfig`'s."""
 
@@ -163,14 +163,14 @@ class IncrementalCifarConfig:
     augment_test: bool = False
     """Augment test images too, as the reference's data loader does (its validation images are
     not augmented)."""
-    cbp: CifarCBPFlags = field(default_factory=CifarCBPFlags)
+    cbp: CifarCBPConfig = field(default_factory=CifarCBPConfig)
     measure_every: int = 1
     """Take the plasticity measures at the start of every this-many tasks (0: never)."""
     probe_examples: int = 1000
     """Training images of the task's new classes the measures are taken on."""
     dormant_threshold: float = field(default=0.01, metadata={"range": (0.0, 1.0)})
     """A unit is dormant when non-zero on less than this fraction of inputs and positions."""
-    run: RunOptions = field(default_factory=RunOptions)
+    run: ConvRunConfig = field(default_factory=ConvRunConfig)
 
     def __post_init__(self) -> None:
         positive = (
@@ -207,11 +207,11 @@ class IncrementalCifarConfig:
                 size = round(self.step_size * factor, 5) if factor != 1.0 else self.step_size
         return size
 
-    def sgd(self) -> SGDSettings:
+    def sgd(self) -> SGDConfig:
         noise = self.noise_std
         if noise is None:
             noise = 1e-5 if self.learner == "snp" else 0.0
-        return SGDSettings(
+        return SGDConfig(
             step_size=self.step_size,
             momentum=self.momentum,
             weight_decay=self.weight_decay,

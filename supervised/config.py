@@ -16,7 +16,7 @@ from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.activations import get_activation
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodFlags, MethodSpec
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodsConfig, MethodSpec
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
@@ -154,7 +154,7 @@ class DropoutConfig:
 
 @finite_floats
 @dataclass(frozen=True)
-class OnlineNormFlags:
+class OnlineNormLearnerConfig:
     """Online normalization (Chiley et al. 2019) before each hidden activation."""
 
     online_norm: bool | None = None
@@ -197,7 +197,7 @@ _CBPHyperparameters = cbp_flags(
 
 @finite_floats
 @dataclass(frozen=True)
-class CBPFlags(_CBPHyperparameters):  # type: ignore[misc, valid-type]
+class CBPLearnerConfig(_CBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest; its hyperparameters
     are :class:`cbp_rl.CBPConfig`'s."""
 
@@ -268,10 +268,10 @@ class PermutedMNISTConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
-    norm: OnlineNormFlags = field(default_factory=OnlineNormFlags)
+    norm: OnlineNormLearnerConfig = field(default_factory=OnlineNormLearnerConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
-    cbp: CBPFlags = field(default_factory=CBPFlags)
-    methods: FieldMethodFlags = field(default_factory=FieldMethodFlags)
+    cbp: CBPLearnerConfig = field(default_factory=CBPLearnerConfig)
+    methods: FieldMethodsConfig = field(default_factory=FieldMethodsConfig)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

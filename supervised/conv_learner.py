@@ -33,7 +33,7 @@ from cbp_rl.units import HiddenLayer, probe_activations
 
 
 @dataclass(frozen=True)
-class SGDSettings:
+class SGDConfig:
     """The optimizer and the per-step perturbation."""
 
     step_size: float
@@ -69,7 +69,7 @@ class ConvLearner:
     """A network, its SGD optimizer and (with ``cbp``) continual backprop on it."""
 
     net: nn.Module
-    sgd: SGDSettings
+    sgd: SGDConfig
     noise_seed: int
     cbp: CBPConfig | None = None
     cbp_seed: int = 0
@@ -242,7 +242,7 @@ def plasticity_measures(
 __all__ = [
     "LAYER_MEASURES",
     "ConvLearner",
-    "SGDSettings",
+    "SGDConfig",
     "StepResult",
     "hidden_layer_activations",
     "plasticity_measures",

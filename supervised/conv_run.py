@@ -57,7 +57,7 @@ DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @finite_floats
 @dataclass(frozen=True)
-class RunOptions:
+class ConvRunConfig:
     """Run directory, checkpoints and machine."""
 
     run_dir: Path | None = None
@@ -564,7 +564,7 @@ def command_main(
 __all__ = [
     "RESULTS_FILE",
     "ConvResults",
-    "RunOptions",
+    "ConvRunConfig",
     "RunSummary",
     "TaskEpochRun",
     "check_conv_flags",

@@ -47,14 +47,14 @@ from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
     ConvLearner,
-    SGDSettings,
+    SGDConfig,
     StepResult,
     hidden_layer_activations,
     plasticity_measures,
 )
 from cbp_rl.supervised.conv_run import (
     ConvResults,
-    RunOptions,
+    ConvRunConfig,
     RunSummary,
     TaskEpochRun,
     check_conv_flags,
@@ -102,7 +102,7 @@ _ImageNetCBPHyperparameters = cbp_flags(
 
 @finite_floats
 @dataclass(frozen=True)
-class ImageNetCBPFlags(_ImageNetCBPHyperparameters):  # type: ignore[misc, valid-type]
+class ImageNetCBPConfig(_ImageNetCBPHyperparameters):  # type: ignore[misc, valid-type]
     """Continual backprop (learner cbp): the reference's lop/imagenet/cfg/cbp.json; its
     hyperparameters are :class:`cbp_rl.CBPConfig`'s."""
 
@@ -145,14 +145,14 @@ class ContinualImageNetConfig:
     """Coupled L2; default the learner's (l2 3e-6, snp 1e-5, else 0)."""
     noise_std: float | None = field(default=None, metadata={"range": (0.0, None)})
     """Shrink-and-perturb noise std after each step; default the learner's (snp 1e-5)."""
-    cbp: ImageNetCBPFlags = field(default_factory=ImageNetCBPFlags)
+    cbp: ImageNetCBPConfig = field(default_factory=ImageNetCBPConfig)
     measure_every: int = 1
     """Take the plasticity measures at the start of every this-many tasks (0: never)."""
     probe_examples: int = 1200
     """Training images of the new task the measures are taken on."""
     dormant_threshold: float = field(default=0.01, metadata={"range": (0.0, 1.0)})
     """A unit is dormant when non-zero on less than this fraction of probe inputs."""
-    run: RunOptions = field(default_factory=RunOptions)
+    run: ConvRunConfig = field(default_factory=ConvRunConfig)
 
     def __post_init__(self) -> None:
         positive = ("tasks", "classes_per_task", "epochs", "batch_size", "probe_examples")
@@ -175,8 +175,8 @@ class ContinualImageNetConfig:
         given = getattr(self, name)
         return float(LEARNER_DEFAULTS[self.learner][name] if given is None else given)
 
-    def sgd(self) -> SGDSettings:
-        return SGDSettings(
+    def sgd(self) -> SGDConfig:
+        return SGDConfig(
             step_size=self.resolved("step_size"),
             momentum=self.momentum,
             weight_decay=self.resolved("weight_decay"),

@@ -17,7 +17,7 @@ from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags
 from cbp_rl.supervised.autograd import (
     AUTOGRAD_METHODS,
     HIDDEN_LAYER_METHODS,
-    FieldMethodFlags,
+    FieldMethodsConfig,
     MethodSpec,
 )
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec
@@ -131,7 +131,7 @@ class PerturbConfig:
 
 @finite_floats
 @dataclass(frozen=True)
-class CBPFlags:
+class CBPLearnerConfig:
     """Continual backprop (learner cbp), through cbp_rl.GenerateAndTest (cfg/sgd/cbp/relu.json)."""
 
     replacement_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
@@ -213,8 +213,8 @@ class RegressionConfig:
     network: LearnerNetworkConfig = field(default_factory=LearnerNetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
-    cbp: CBPFlags = field(default_factory=CBPFlags)
-    methods: FieldMethodFlags = field(default_factory=FieldMethodFlags)
+    cbp: CBPLearnerConfig = field(default_factory=CBPLearnerConfig)
+    methods: FieldMethodsConfig = field(default_factory=FieldMethodsConfig)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -122,14 +122,14 @@ def test_other_learners_run(classes: Path, tmp_path: Path, learner: str) -> None
 def test_shrink_and_perturb_noise_and_weight_decay() -> None:
     """snp adds N(0, std^2) to every parameter after each step, on top of coupled L2."""
     from cbp_rl.nets import conv_net
-    from cbp_rl.supervised.conv_learner import ConvLearner, SGDSettings
+    from cbp_rl.supervised.conv_learner import ConvLearner, SGDConfig
 
     inputs, targets = torch.rand(8, 3, 32, 32), torch.randint(0, 2, (8,))
     nets = []
     for noise in (0.0, 0.05):
         torch.manual_seed(0)
         net = conv_net()
-        learner = ConvLearner(net, SGDSettings(0.01, weight_decay=1e-3, noise_std=noise), 7)
+        learner = ConvLearner(net, SGDConfig(0.01, weight_decay=1e-3, noise_std=noise), 7)
         learner.train_step(inputs, targets, lambda x: x)
         nets.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     difference = nets[1] - nets[0]

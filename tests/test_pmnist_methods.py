@@ -13,7 +13,7 @@ import torch
 from cbp_rl.methods import PlasticityInjection
 from cbp_rl.supervised.autograd import (
     AUTOGRAD_METHODS,
-    FieldMethodFlags,
+    FieldMethodsConfig,
     MethodSpec,
     PerSeedLearner,
 )
@@ -79,9 +79,9 @@ def test_refused_combinations_say_why() -> None:
     with pytest.raises(ValueError, match="upgd is the optimizer"):
         PerSeedLearner(NET, LearnerSpec(optimizer="adam"), MethodSpec("upgd"), [0])
     with pytest.raises(ValueError, match="--reset-layers"):
-        PermutedMNISTConfig(learner="reset", methods=FieldMethodFlags(reset_layers=0))
+        PermutedMNISTConfig(learner="reset", methods=FieldMethodsConfig(reset_layers=0))
     with pytest.raises(ValueError, match="--l2init-coef"):
-        PermutedMNISTConfig(learner="l2init", methods=FieldMethodFlags(l2init_coef=-1))
+        PermutedMNISTConfig(learner="l2init", methods=FieldMethodsConfig(l2init_coef=-1))
 
 
 def test_injection_defaults_to_once_halfway() -> None:

@@ -12,11 +12,11 @@ import torch
 
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodFlags
+from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodsConfig
 from cbp_rl.supervised.command import main
 from cbp_rl.supervised.config import (
     LEARNER_NAMES,
-    CBPFlags,
+    CBPLearnerConfig,
     DataConfig,
     MeasureConfig,
     NetworkConfig,
@@ -44,8 +44,8 @@ def test_each_learner_learns_permuted_digits(
         seeds=len(seeds),
         network=NetworkConfig(width=64),
         optim=OptimConfig(step_size=FAST_STEP.get(learner, 0.01)),
-        cbp=CBPFlags(replacement_rate=1e-3, maturity_threshold=50),
-        methods=FieldMethodFlags(regrama_period=100, reset_every=250, injection_every=250),
+        cbp=CBPLearnerConfig(replacement_rate=1e-3, maturity_threshold=50),
+        methods=FieldMethodsConfig(regrama_period=100, reset_every=250, injection_every=250),
     )
     images, labels = (torch.from_numpy(a) for a in mnist_digits)
     engine = make_engine(config, torch.device("cpu"))
@@ -70,7 +70,7 @@ def small_config(run_dir: Path, mnist_dir: Path, **changes: object) -> PermutedM
         examples_per_task=320,
         data=DataConfig(data_dir=mnist_dir, download=False),
         network=NetworkConfig(width=24),
-        cbp=CBPFlags(replacement_rate=1e-2, maturity_threshold=20, magnitude_every=3),
+        cbp=CBPLearnerConfig(replacement_rate=1e-2, maturity_threshold=20, magnitude_every=3),
         measures=MeasureConfig(probe_examples=200),
         run=RunConfig(run_dir=run_dir, progress=False),
     )

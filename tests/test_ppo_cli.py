@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cbp_rl.agents import ppo_command
-from cbp_rl.agents.ppo import PPOConfig, PPOSettings
+from cbp_rl.agents.ppo import PPOAlgorithmConfig, PPOConfig
 from cbp_rl.train import main as train_main
 
 
@@ -35,7 +35,7 @@ def test_the_default_is_the_papers_standard_ppo() -> None:
     assert not config.methods.cbp and not config.methods.redo
     assert config.run.env == "Ant-v4" and config.run.total_steps == 100_000_000
     assert config == PPOConfig() == ppo_command.PRESETS["standard"]
-    assert not PPOSettings().truncation_as_termination  # the library default bootstraps
+    assert not PPOAlgorithmConfig().truncation_as_termination  # the library default bootstraps
 
 
 def test_cbp_flag_selects_the_papers_cbp_configuration() -> None:
@@ -156,6 +156,6 @@ def test_help_lists_every_flag_group(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_library_configs_validate_on_construction() -> None:
     with pytest.raises(ValueError, match="does not split into 3 equal minibatches"):
-        PPOSettings(batch_size=64, num_minibatches=3)
+        PPOAlgorithmConfig(batch_size=64, num_minibatches=3)
     with pytest.raises(ValueError, match="does not split over 3 environments"):
         dataclasses.replace(parse(), run=dataclasses.replace(parse().run, num_envs=3))

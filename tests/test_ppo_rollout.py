@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cbp_rl.agents.config import NetworkSettings, RunSettings
-from cbp_rl.agents.ppo import PPOAgent, PPOConfig, PPOSettings
+from cbp_rl.agents.config import NetworkConfig, RunConfig
+from cbp_rl.agents.ppo import PPOAgent, PPOAlgorithmConfig, PPOConfig
 from cbp_rl.agents.runner import AgentContext
 from cbp_rl.envs.vector import EnvDescription
 
@@ -59,8 +59,8 @@ class ScriptedEnvs:
 
 def _agent(truncation_as_termination: bool) -> tuple[PPOAgent, ScriptedEnvs]:
     config = PPOConfig(
-        run=RunSettings(env="Scripted", num_envs=ENVS, total_steps=STEPS * ENVS),
-        ppo=PPOSettings(
+        run=RunConfig(env="Scripted", num_envs=ENVS, total_steps=STEPS * ENVS),
+        ppo=PPOAlgorithmConfig(
             batch_size=STEPS * ENVS,
             num_minibatches=2,
             gamma=0.9,
@@ -68,7 +68,7 @@ def _agent(truncation_as_termination: bool) -> tuple[PPOAgent, ScriptedEnvs]:
             advantage_norm="off",
             truncation_as_termination=truncation_as_termination,
         ),
-        network=NetworkSettings(hidden_sizes=(8,)),
+        network=NetworkConfig(hidden_sizes=(8,)),
     )
     description = EnvDescription(
         env_id="Scripted",

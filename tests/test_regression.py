@@ -24,7 +24,7 @@ from cbp_rl.run.logging import read_scalars
 from cbp_rl.supervised.engine import BatchedLearner
 from cbp_rl.supervised.regression_command import main
 from cbp_rl.supervised.regression_config import (
-    CBPFlags,
+    CBPLearnerConfig,
     LearnerNetworkConfig,
     MeasureConfig,
     OptimConfig,
@@ -153,7 +153,7 @@ def small(run_dir: Path, **changes: object) -> RegressionConfig:
         examples=4000,
         bin_size=2000,
         problem=ProblemConfig(flip_after=700),
-        cbp=CBPFlags(replacement_rate=1e-2, maturity_threshold=20),
+        cbp=CBPLearnerConfig(replacement_rate=1e-2, maturity_threshold=20),
         measures=MeasureConfig(probe_examples=200),
         run=RunConfig(run_dir=run_dir, progress=False, checkpoint_every=0),
     )

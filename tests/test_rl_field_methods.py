@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cbp_rl.agents import ppo_command, sac_command
-from cbp_rl.agents.config import FieldMethodSettings, MethodSettings, NetworkSettings
+from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig, NetworkConfig
 from cbp_rl.agents.networks import build_mlp
 from cbp_rl.nets import CReLU
 from cbp_rl.run.checkpoint import load_checkpoint
@@ -112,22 +112,22 @@ def test_sac_takes_the_methods_and_refuses_pfo(tmp_path: Path) -> None:
 
 def test_network_options_build_on_every_init() -> None:
     for init in ("lecun", "kaiming", "orthogonal"):
-        net = build_mlp(3, 2, NetworkSettings(hidden_sizes=(8, 8), activation="crelu", init=init))
+        net = build_mlp(3, 2, NetworkConfig(hidden_sizes=(8, 8), activation="crelu", init=init))
         assert isinstance(net[1], CReLU) and net[2].in_features == 16
         assert net(torch.zeros(4, 3)).shape == (4, 2)
-    norm = build_mlp(3, 2, NetworkSettings(hidden_sizes=(8,), layer_norm=True))
+    norm = build_mlp(3, 2, NetworkConfig(hidden_sizes=(8,), layer_norm=True))
     assert isinstance(norm[1][0], torch.nn.LayerNorm)
 
 
 def test_bad_method_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="--l2-init must be >= 0"):
-        FieldMethodSettings(l2_init=-1.0)
+        FieldMethodsConfig(l2_init=-1.0)
     with pytest.raises(ValueError, match="--reset-layers must be positive"):
-        FieldMethodSettings(reset_layers=0)
+        FieldMethodsConfig(reset_layers=0)
     with pytest.raises(ValueError, match=r"--upgd-beta-utility must be in \[0, 1\)"):
-        FieldMethodSettings(upgd_beta_utility=1.0)
+        FieldMethodsConfig(upgd_beta_utility=1.0)
     with pytest.raises(ValueError, match="injection-every with --cbp"):
-        FieldMethodSettings(injection_every=10, regrama=True).check_with(MethodSettings())
+        FieldMethodsConfig(injection_every=10, regrama=True).check_with(MethodsConfig())
 
 
 @pytest.mark.parametrize("command", [ppo_command, sac_command])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cbp_rl.agents import ppo_command, sac_command
-from cbp_rl.agents.sac import SACConfig, SACSettings
+from cbp_rl.agents.sac import SACAlgorithmConfig, SACConfig
 from cbp_rl.train import main as train_main
 
 
@@ -64,8 +64,8 @@ def test_flags_override_the_preset_and_accept_scientific_notation() -> None:
 
 
 def test_fractional_replay_ratios_are_exact() -> None:
-    assert SACSettings(replay_ratio=0.1).ratio.as_integer_ratio() == (1, 10)
-    assert SACSettings(replay_ratio=8).ratio == 8
+    assert SACAlgorithmConfig(replay_ratio=0.1).ratio.as_integer_ratio() == (1, 10)
+    assert SACAlgorithmConfig(replay_ratio=8).ratio == 8
 
 
 @pytest.mark.parametrize(
