@@ -28,6 +28,7 @@ discovery CBP uses (``example_inputs``, ``example_call``, ``layers`` as there).
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -432,10 +433,15 @@ def add_layer_norm(
 
 
 # ------------------------------------------------------------------ plasticity injection
+_GLOBAL_RNG = threading.Lock()
+"""Held while the process-wide generator is forked and reseeded: PPO updates its networks from
+two threads, and two resets at once would otherwise draw from each other's seeds."""
+
+
 def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
     """Every submodule's own ``reset_parameters()``, drawn from ``generator``."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for sub in module.modules():
             reset = getattr(sub, "reset_parameters", None)
@@ -459,7 +465,7 @@ def _copy_without_hooks(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-class PlasticityInjection(nn.Module):
+class PlasticityInjection(_OwnGenerator):
     """Plasticity injection (Nikishin et al. 2023, "Deep reinforcement learning with plasticity
     injection"): every ``every`` calls of :meth:`step`, the output of the module ``head`` (its
     name in ``net``) becomes ``head(x) + new(x) - frozen(x)``: ``head`` frozen, ``new`` a freshly
@@ -513,12 +519,6 @@ class PlasticityInjection(nn.Module):
         for k in range(0, len(self.added), 2):
             output = output + (self.added[k](*args) - self.added[k + 1](*args))
         return output
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
 
     def step(self) -> bool:
         """Count a step; inject on every ``every``-th. Returns whether it injected."""
@@ -582,7 +582,7 @@ def weight_layers(net: nn.Module) -> list[tuple[str, WeightLayer]]:
     return [(name, m) for name, m in net.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
-class ResetLastLayers(nn.Module):
+class ResetLastLayers(_OwnGenerator):
     """Resets (Nikishin et al. 2022, "The primacy bias in deep reinforcement learning"): every
     ``every`` calls of :meth:`step`, reinitialize the last ``layers`` weight layers (in
     registration order, see :func:`weight_layers`) with their own ``reset_parameters`` drawn
@@ -618,12 +618,6 @@ class ResetLastLayers(nn.Module):
         self._generator = torch.Generator().manual_seed(_seed_or_draw(seed))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("resets", torch.zeros((), dtype=torch.int64))
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
 
     def step(self) -> bool:
         """Count a step; reset on every ``every``-th. Returns whether it reset."""
