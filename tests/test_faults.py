@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,8 @@ import pytest
 import torch
 
 from cbp_rl.run.checkpoint import load_checkpoint
+from cbp_rl.run.conventions import NonFiniteError
+from cbp_rl.run.rundir import LockHolder, RunDirectoryBusyError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -641,3 +644,26 @@ def test_a_lock_handed_over_by_a_sweep_is_adopted_and_still_excludes_others(
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _raise_in_worker(error: Exception) -> None:
+    raise error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NonFiniteError("loss = nan", step=384, last_checkpoint=200, where="/runs/a"),
+        NonFiniteError("seed 0 = inf", step=7, last_checkpoint=None),
+        RunDirectoryBusyError(Path("/runs/a"), LockHolder(pid=123, command="pmnist", host="h")),
+    ],
+    ids=["diverged", "diverged-before-a-checkpoint", "busy"],
+)
+def test_run_errors_cross_a_process_pool_whole(error: Exception) -> None:
+    """A run raising in a process-pool worker (the evidence scripts, a user's own pool) reaches
+    the parent as the same error; an error that cannot be rebuilt breaks the pool instead, and
+    the pool then terminates the sibling runs."""
+    with ProcessPoolExecutor(1) as pool:
+        raised = pool.submit(_raise_in_worker, error).exception(timeout=60)
+    assert type(raised) is type(error) and str(raised) == str(error)
+    assert vars(raised) == vars(error)

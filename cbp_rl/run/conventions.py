@@ -48,6 +48,7 @@ back), so resuming or evaluating a run with the wrong command names the right on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -118,7 +119,7 @@ class NonFiniteError(RuntimeError):
     """
 
     def __init__(self, what: str, *, step: int, last_checkpoint: int | None, where: str = ""):
-        self.what, self.step, self.last_checkpoint = what, step, last_checkpoint
+        self.what, self.step, self.last_checkpoint, self.where = what, step, last_checkpoint, where
         folder = f" (run directory {where})" if where else ""
         kept = (
             f"the last good checkpoint, at step {last_checkpoint}, is kept{folder}"
@@ -129,6 +130,11 @@ class NonFiniteError(RuntimeError):
             f"training diverged at step {step}: {what}. The run stopped without saving; {kept}. "
             "Lower the learning rate (or whatever made it diverge) and start a new run"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields, so that it crosses process boundaries (process pools, Ray).
+        fields = {"step": self.step, "last_checkpoint": self.last_checkpoint, "where": self.where}
+        return (functools.partial(type(self), **fields), (self.what,))
 
 
 # --------------------------------------------------------------------------- running a command

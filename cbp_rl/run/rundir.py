@@ -40,6 +40,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cbp_rl.run.runtime import ClosedOnExit
 
@@ -100,6 +101,9 @@ class RunDirectoryBusyError(RunDirectoryError):
             f"{path} is in use by {who}: one process writes a run directory at a time. Wait "
             f"for it to finish{pid}, or choose another directory"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.holder))
 
 
 # --------------------------------------------------------------------------- the lock
