@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cbp_rl.lab.plot import (
+    Figure,
     Series,
     binned,
     combine,
@@ -17,6 +18,7 @@ from cbp_rl.lab.plot import (
     load_run,
     main,
     mean_and_stderr,
+    plot_metric,
 )
 from cbp_rl.run.logging import RunLogger
 from cbp_rl.supervised.results import RunResults
@@ -146,3 +148,24 @@ def test_plot_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     run = fake_pmnist_run(tmp_path / "r", "bp", [0], 0.0)
     assert main([str(run), "--metrics", "nope"]) == 2
     assert "available" in capsys.readouterr().err
+
+
+def test_more_lines_than_colours_stay_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evidence of the methods page draws 15 learners; matplotlib has 10 colours."""
+    import matplotlib.figure
+
+    drawn: list[tuple[str, str]] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(figure: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+        lines = figure.axes[0].get_lines()
+        drawn.extend((str(line.get_color()), str(line.get_linestyle())) for line in lines)
+        save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    lines = {f"learner {i}": Series(np.arange(5.0), np.full((2, 5), float(i))) for i in range(15)}
+    path = plot_metric("accuracy", Figure("accuracy", "%"), lines, tmp_path)
+    assert_png_has_content(path)
+    assert len(drawn) == 15 and len(set(drawn)) == 15

@@ -642,6 +642,14 @@ def _band_text(method: str) -> str:
     return "bootstrap 95% interval" if method == "bootstrap" else "one standard error"
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+"""Matplotlib's colour cycle repeats after ten lines: the next ten are dashed, and so on."""
+
+
+def _line_style(index: int) -> str:
+    return LINE_STYLES[(index // 10) % len(LINE_STYLES)]
+
+
 def plot_metric(
     metric: str,
     figure: Figure,
@@ -661,13 +669,17 @@ def plot_metric(
     options = options or LineConfig()
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
     try:
-        for label, series in lines.items():
+        for index, (label, series) in enumerate(lines.items()):
             line = band(series, options.band, samples=options.samples, seed=options.seed)
             seeds = int(line.count.max()) if line.count.size else 0
             note = f"; {notes[label]}" if notes and label in notes else ""
             text = textwrap.fill(f"{label} ({seeds} seed{'s' * (seeds != 1)}{note})", 80)
             (drawn,) = ax.plot(
-                line.x, line.mean, label=text, marker="." if len(line.x) < 30 else None
+                line.x,
+                line.mean,
+                label=text,
+                marker="." if len(line.x) < 30 else None,
+                linestyle=_line_style(index),
             )
             ax.fill_between(line.x, line.low, line.high, color=drawn.get_color(), alpha=0.25, lw=0)
         ax.set_title(textwrap.fill(figure.title, 70))
