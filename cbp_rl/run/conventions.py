@@ -133,8 +133,10 @@ class NonFiniteError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt from its fields, so that it crosses process boundaries (process pools, Ray).
-        fields = {"step": self.step, "last_checkpoint": self.last_checkpoint, "where": self.where}
-        return (functools.partial(type(self), **fields), (self.what,))
+        rebuild = functools.partial(
+            type(self), step=self.step, last_checkpoint=self.last_checkpoint, where=self.where
+        )
+        return (rebuild, (self.what,))
 
 
 # --------------------------------------------------------------------------- running a command
