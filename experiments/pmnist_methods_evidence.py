@@ -28,10 +28,15 @@ import torch
 from pmnist_evidence import BLOCK, block_means, config
 
 from cbp_rl.lab.plot import main as plot_main
+from cbp_rl.run.conventions import NonFiniteError
 from cbp_rl.run.logging import read_run_status
 from cbp_rl.supervised.config import MeasureConfig
 from cbp_rl.supervised.experiment import run
 from cbp_rl.supervised.results import load_results
+
+DIVERGED = "diverged.txt"
+"""Written in a learner's run directory when its training diverged (non-finite loss): the
+step and what was not finite, shown in the table in place of its accuracies."""
 
 LEARNERS = (
     "bp",
@@ -60,7 +65,7 @@ def run_learner(learner: str, args: argparse.Namespace) -> float:
     spent = run_dir / "cpu_seconds.txt"
     before = float(spent.read_text()) if spent.exists() else 0.0
     status = read_run_status(run_dir)
-    if status is not None and status.finished:
+    if (status is not None and status.finished) or (run_dir / DIVERGED).exists():
         return before
     measures = MeasureConfig(measure_every=args.measure_every, probe_examples=2000)
     settings = dataclasses.replace(config(learner, args, run_dir), measures=measures)
@@ -72,6 +77,8 @@ def run_learner(learner: str, args: argparse.Namespace) -> float:
     start = time.process_time()
     try:
         run(settings, log=lambda _: None)
+    except NonFiniteError as error:  # a result of the comparison, not a failure of the script
+        (run_dir / DIVERGED).write_text(f"{error.step} {error.what}\n")
     finally:
         spent.write_text(str(before + time.process_time() - start))
     return before + time.process_time() - start
@@ -79,6 +86,10 @@ def run_learner(learner: str, args: argparse.Namespace) -> float:
 
 def row(learner: str, run_dir: Path, seconds: float, block: int) -> str:
     """One line of the table."""
+    if (run_dir / DIVERGED).exists():
+        step = int((run_dir / DIVERGED).read_text().split(" ", 1)[0])
+        cell = f"diverged at example {step:,} (not finite: see {DIVERGED})"
+        return f"| {learner} | {cell} | | | | | {seconds:.0f} |"
     results = load_results(run_dir)
     blocks = 100 * block_means(results["accuracy"], block)
     mean = blocks.mean(0)
@@ -135,7 +146,8 @@ def main() -> None:
     text = "\n".join(lines)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
-    plot_main([*(str(args.out / name) for name in args.learners), "--out", str(args.out / "plots")])
+    finished = [name for name in args.learners if not (args.out / name / DIVERGED).exists()]
+    plot_main([*(str(args.out / name) for name in finished), "--out", str(args.out / "plots")])
 
 
 if __name__ == "__main__":
