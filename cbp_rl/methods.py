@@ -65,6 +65,30 @@ class _OwnGenerator(nn.Module):
         self._generator.set_state(state["generator"])
 
 
+class _EveryNSteps(_OwnGenerator):
+    """A method that acts (:meth:`_act`) on every ``every``-th call of :meth:`step`, drawing
+    from its own generator seeded by ``seed`` (drawn from the global generator if ``None``)."""
+
+    calls: Tensor
+
+    def __init__(self, *, every: int, seed: int | None) -> None:
+        super().__init__()
+        self.every = _check_period("every", every)
+        self._generator = torch.Generator().manual_seed(_seed_or_draw(seed))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def step(self) -> bool:
+        """Count a step; act on every ``every``-th. Returns whether it acted."""
+        self.calls += 1
+        if int(self.calls) % self.every:
+            return False
+        self._act()
+        return True
+
+    def _act(self) -> None:
+        raise NotImplementedError
+
+
 class ReDo(_OwnGenerator):
     """Recycling dormant units: periodic reinitialization of inactive hidden units.
 
@@ -465,7 +489,7 @@ def _copy_without_hooks(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-class PlasticityInjection(_OwnGenerator):
+class PlasticityInjection(_EveryNSteps):
     """Plasticity injection (Nikishin et al. 2023, "Deep reinforcement learning with plasticity
     injection"): every ``every`` calls of :meth:`step`, the output of the module ``head`` (its
     name in ``net``) becomes ``head(x) + new(x) - frozen(x)``: ``head`` frozen, ``new`` a freshly
@@ -483,7 +507,6 @@ class PlasticityInjection(_OwnGenerator):
     injections, then load the network, the optimizer and this module.
     """
 
-    calls: Tensor
     injections: Tensor
 
     def __init__(
@@ -495,7 +518,7 @@ class PlasticityInjection(_OwnGenerator):
         every: int,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(every=every, seed=seed)
         if not head:
             raise ValueError("head must name a submodule (e.g. '2' or 'fc'), not the network")
         try:
@@ -505,13 +528,10 @@ class PlasticityInjection(_OwnGenerator):
             raise ValueError(
                 f"no module {head!r} in the network to inject into; its children are {names}"
             ) from None
-        self.every = _check_period("every", every)
         self.head = head
         self.optimizer = opt
         self.added = nn.ModuleList()
         """The injected pairs, ``[new_1, frozen_1, new_2, frozen_2, ...]``."""
-        self._generator = torch.Generator().manual_seed(_seed_or_draw(seed))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("injections", torch.zeros((), dtype=torch.int64))
         self._hook = self._head[0].register_forward_hook(self._add_injected)
 
@@ -520,13 +540,8 @@ class PlasticityInjection(_OwnGenerator):
             output = output + (self.added[k](*args) - self.added[k + 1](*args))
         return output
 
-    def step(self) -> bool:
-        """Count a step; inject on every ``every``-th. Returns whether it injected."""
-        self.calls += 1
-        if int(self.calls) % self.every:
-            return False
+    def _act(self) -> None:
         self.inject()
-        return True
 
     @torch.no_grad()
     def inject(self) -> None:
@@ -582,7 +597,7 @@ def weight_layers(net: nn.Module) -> list[tuple[str, WeightLayer]]:
     return [(name, m) for name, m in net.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
-class ResetLastLayers(_OwnGenerator):
+class ResetLastLayers(_EveryNSteps):
     """Resets (Nikishin et al. 2022, "The primacy bias in deep reinforcement learning"): every
     ``every`` calls of :meth:`step`, reinitialize the last ``layers`` weight layers (in
     registration order, see :func:`weight_layers`) with their own ``reset_parameters`` drawn
@@ -592,7 +607,6 @@ class ResetLastLayers(_OwnGenerator):
     layers) every 2e5 updates; the defaults are the last layer every 2e5 steps.
     """
 
-    calls: Tensor
     resets: Tensor
 
     def __init__(
@@ -604,8 +618,7 @@ class ResetLastLayers(_OwnGenerator):
         layers: int = 1,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
-        self.every = _check_period("every", every)
+        super().__init__(every=every, seed=seed)
         found = weight_layers(net)
         if int(layers) != layers or not 1 <= layers <= len(found):
             raise ValueError(
@@ -615,17 +628,10 @@ class ResetLastLayers(_OwnGenerator):
         self.layer_names = tuple(name for name, _ in found[len(found) - int(layers) :])
         self._layers = [m for _, m in found[len(found) - int(layers) :]]
         self.optimizer = opt
-        self._generator = torch.Generator().manual_seed(_seed_or_draw(seed))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("resets", torch.zeros((), dtype=torch.int64))
 
-    def step(self) -> bool:
-        """Count a step; reset on every ``every``-th. Returns whether it reset."""
-        self.calls += 1
-        if int(self.calls) % self.every:
-            return False
+    def _act(self) -> None:
         self.reset()
-        return True
 
     @torch.no_grad()
     def reset(self) -> None:
