@@ -39,6 +39,14 @@ def _check_hyperparameters(
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
 
 
+def _evaluate(closure: Callable[[], float] | None) -> float | None:
+    """The loss of an optimizer's closure, re-evaluated with gradients on (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class ResettableAdam(Optimizer):
     """Adam whose step count is a tensor per element.
 
@@ -68,10 +76,7 @@ class ResettableAdam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
@@ -162,10 +167,7 @@ class UPGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         stepped = [
             (p, group) for group in self.param_groups for p in group["params"] if p.grad is not None
         ]

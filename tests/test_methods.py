@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cbp_rl.methods import ReDo, ShrinkAndPerturb
-from cbp_rl.optim import NONSTATIONARY_ADAM_BETAS, ResettableAdam, make_optimizer
+from cbp_rl.optim import NONSTATIONARY_ADAM_BETAS, UPGD, ResettableAdam, make_optimizer
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -145,6 +145,25 @@ def test_coupled_l2_adds_decay_to_the_gradient() -> None:
     param.grad = torch.tensor([1.0])
     opt.step()
     assert param.item() == pytest.approx(2.0 - 0.1 * (1.0 + 0.5 * 2.0))
+
+
+@pytest.mark.parametrize("optimizer", [ResettableAdam, UPGD])
+def test_a_closure_is_evaluated_with_gradients_and_its_loss_returned(
+    optimizer: type[ResettableAdam] | type[UPGD],
+) -> None:
+    weight = nn.Parameter(torch.ones(2))
+
+    def closure() -> float:
+        loss = (weight**2).sum()
+        assert torch.is_grad_enabled()
+        loss.backward()
+        return loss.item()
+
+    opt = optimizer([weight], lr=0.1)
+    with torch.no_grad():
+        assert opt.step(closure) == 2.0
+    assert opt.step() is None
+    assert not torch.equal(weight.detach(), torch.ones(2))
 
 
 def test_resettable_adam_equals_adam_without_resets() -> None:
