@@ -11,12 +11,22 @@ explicitly overrides them (``--preset l2 --weight-decay 1e-3``). The exit codes 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import tyro
 
-from cbp_rl.agents.runner import METRIC, UNIT, budget
+from cbp_rl.agents.runner import (
+    METRIC,
+    RESUME_IGNORE_RUN,
+    UNIT,
+    Agent,
+    AgentContext,
+    PreparedRun,
+    budget,
+    prepare_run,
+)
 from cbp_rl.envs.vector import check_env_id, describe_env, seeded_env_kwargs, sub_env_kwargs
 from cbp_rl.run.command import Command, Cost, Measure, PolicyLoader
 from cbp_rl.run.configs import config_from_dict
@@ -24,6 +34,7 @@ from cbp_rl.run.conventions import COMMAND_KEY, UsageError, check_run_command, r
 from cbp_rl.run.logging import read_config
 
 __all__ = [
+    "RLCommandParts",
     "UsageError",
     "flag_value",
     "load_run_config",
@@ -136,6 +147,61 @@ def rl_command(
         check=_check_env,
         load_policy=load_policy,
     )
+
+
+@dataclass(frozen=True)
+class RLCommandParts(Generic[C]):
+    """What an RL command's ``parse``, ``prepare`` and ``main`` are made of; they are its methods.
+
+    ``python -m cbp_rl.train ALGORITHM`` parses ``config`` flags over ``presets`` (the default
+    ``standard``) and runs the agent ``build_agent`` makes on the shared runner.
+    """
+
+    algorithm: str
+    config: type[C]
+    presets: Mapping[str, C]
+    description: str
+    build_agent: Callable[[AgentContext], Agent]
+    resume_ignore: Sequence[str] = RESUME_IGNORE_RUN
+    network_count: int = 2
+
+    def parse(self, argv: Sequence[str]) -> C:
+        """The config of ``argv`` (flags over a preset, or over the resumed run's config)."""
+        return parse_config(
+            self.config,
+            argv,
+            algorithm=self.algorithm,
+            presets=self.presets,
+            default_preset="standard",
+            prog=f"python -m cbp_rl.train {self.algorithm}",
+            description=self.description,
+        )
+
+    def prepare(self, config: C) -> PreparedRun:
+        """Validate a run before anything runs."""
+        return prepare_run(
+            self.algorithm,
+            config,
+            self.build_agent,
+            resume_ignore=self.resume_ignore,
+            network_count=self.network_count,
+        )
+
+    def main(self, argv: Sequence[str]) -> int:
+        """``python -m cbp_rl.train ALGORITHM [FLAGS]``; returns the exit code."""
+        name = f"train {self.algorithm}"
+        return run_command(name, lambda: self.parse(argv), self.prepare, lambda run: run.execute())
+
+    def command(self, summary: str, load_policy: PolicyLoader) -> Command:
+        """The command's :class:`~cbp_rl.run.command.Command` (:func:`rl_command`)."""
+        return rl_command(
+            self.algorithm,
+            summary,
+            main=self.main,
+            parse=self.parse,
+            config=self.config,
+            load_policy=load_policy,
+        )
 
 
 def rl_cost(config: Any, total: int, units: int | None, measure: Measure) -> Cost:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig
+from cbp_rl.agents.networks import replacement_init
 from cbp_rl.cbp import ContinualBackprop
 from cbp_rl.methods import (
     L2Init,
@@ -33,6 +34,7 @@ from cbp_rl.methods import (
     ShrinkAndPerturb,
     weight_layers,
 )
+from cbp_rl.run.seeding import derive_seed
 
 __all__ = ["PAPER_CBP", "PlasticityMethods"]
 
@@ -117,6 +119,25 @@ class PlasticityMethods(nn.Module):
         self.redo_modules = nn.ModuleDict(self.redo)
         self.perturb_modules = nn.ModuleDict(self.perturb)
         self._add_field_methods(networks, optimizers, init, seed + 3 * len(networks), reset)
+
+    @classmethod
+    def of_run(
+        cls,
+        networks: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        config: Any,
+        seed: int,
+    ) -> PlasticityMethods:
+        """The methods a run's ``config`` asks for (its ``methods``, ``field_methods`` and
+        ``network`` groups), seeded from the run's ``seed``."""
+        return cls(
+            networks,
+            optimizers,
+            config.methods,
+            init=replacement_init(config.network, config.methods.cbp_init),
+            seed=derive_seed(seed, "methods"),
+            field=config.field_methods,
+        )
 
     def _add_field_methods(
         self,
@@ -215,15 +236,10 @@ class PlasticityMethods(nn.Module):
             per_layer: list[int] | None = None
             if name in self.cbp:
                 per_layer = list(self.cbp[name].replacement_counts())
-            if name in self.redo:
-                redo_counts = [int(c) for c in self.redo[name].reinitialized.tolist()]
-                per_layer = (
-                    redo_counts
-                    if per_layer is None
-                    else [a + b for a, b in zip(per_layer, redo_counts, strict=True)]
-                )
-            if name in self.regrama:
-                extra = [int(c) for c in self.regrama[name].reinitialized.tolist()]
+            for resetter in (self.redo.get(name), self.regrama.get(name)):
+                if resetter is None:
+                    continue
+                extra = [int(c) for c in resetter.reinitialized.tolist()]
                 per_layer = (
                     extra
                     if per_layer is None
@@ -235,11 +251,11 @@ class PlasticityMethods(nn.Module):
 
     def remove(self) -> None:
         """Detach the CBP and ReDo hooks from the networks."""
-        for cbp in self.cbp.values():
-            cbp.remove()
-        for redo in self.redo.values():
-            redo.remove()
-        for regrama in self.regrama.values():
-            regrama.remove()
-        for injection in self.injection.values():
-            injection.remove()
+        hooked: list[ContinualBackprop | ReDo | PlasticityInjection] = [
+            *self.cbp.values(),
+            *self.redo.values(),
+            *self.regrama.values(),
+            *self.injection.values(),
+        ]
+        for method in hooked:
+            method.remove()

@@ -4,6 +4,7 @@ Gaussian's density and entropy, for the agents."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -116,25 +117,16 @@ def build_optimizer(
             sigma=extra.upgd_sigma,
             seed=seed,
         )
+    hyper: dict[str, Any] = {
+        "lr": settings.lr,
+        "betas": settings.betas,
+        "eps": settings.eps,
+        "weight_decay": settings.weight_decay,
+    }
     if settings.fused and settings.optimizer in ("adam", "adamw"):
         kind = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
         try:
-            return kind(
-                params,
-                lr=settings.lr,
-                betas=settings.betas,
-                eps=settings.eps,
-                weight_decay=settings.weight_decay,
-                fused=True,
-            )
+            return kind(params, **hyper, fused=True)
         except (RuntimeError, TypeError):  # a torch without fused kernels for this device
             pass
-    return make_optimizer(
-        settings.optimizer,
-        params,
-        lr=settings.lr,
-        betas=settings.betas,
-        eps=settings.eps,
-        weight_decay=settings.weight_decay,
-        momentum=settings.momentum,
-    )
+    return make_optimizer(settings.optimizer, params, **hyper, momentum=settings.momentum)

@@ -44,16 +44,16 @@ from cbp_rl.agents.networks import (
     gaussian_entropy,
     gaussian_log_prob,
     gaussian_log_prob_of_squares,
-    replacement_init,
 )
 from cbp_rl.agents.normalization import ObservationNormalizer, RewardScaler
 from cbp_rl.agents.runner import (
     AgentContext,
     Episode,
     Iteration,
+    VectorAgent,
     episodes_from_infos,
 )
-from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
+from cbp_rl.envs.vector import final_observations, info_means
 from cbp_rl.methods import ProximalFeatures
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
@@ -381,17 +381,14 @@ class _Rollout:
 # --------------------------------------------------------------------------- the agent
 
 
-class PPOAgent:
+class PPOAgent(VectorAgent):
     """PPO on a vector env; implements :class:`cbp_rl.agents.runner.Agent`."""
 
     def __init__(self, context: AgentContext) -> None:
+        super().__init__(context)
         config: PPOConfig = context.config
         self.config = config
         self.settings = config.ppo
-        self.envs = context.envs
-        self.description: EnvDescription = context.description
-        self.device = context.device
-        self.num_envs = config.run.num_envs
         self.steps_per_env = config.steps_per_env
         self.batch_size = config.ppo.batch_size
         obs_dim, action_dim = self.description.observation_dim, self.description.action_dim
@@ -405,13 +402,8 @@ class PPOAgent:
         self.initial_lrs = {
             name: float(opt.param_groups[0]["lr"]) for name, opt in self.optimizers.items()
         }
-        self.methods = PlasticityMethods(
-            {"policy": self.policy.mean_net, "value": self.value},
-            self.optimizers,
-            config.methods,
-            init=replacement_init(config.network, config.methods.cbp_init),
-            seed=derive_seed(seed, "methods"),
-            field=config.field_methods,
+        self.methods = PlasticityMethods.of_run(
+            {"policy": self.policy.mean_net, "value": self.value}, self.optimizers, config, seed
         )
         field_methods = config.field_methods
         self.pfo = (
@@ -443,7 +435,6 @@ class PPOAgent:
         self.iteration = 0
         self.updates = 0
         self.num_iterations = math.ceil(config.run.total_steps / self.batch_size)
-        self.observations = np.zeros((self.num_envs, obs_dim))
         self._pool = ThreadPoolExecutor(1) if config.ppo.parallel_update else None
 
     def _make_optimizers(self, seed: int) -> dict[str, torch.optim.Optimizer]:
@@ -793,13 +784,7 @@ class PPOAgent:
         self.methods.restore_structure(state["methods"])  # injected heads first
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
-        if set(state["optimizers"]) != set(self.optimizers):
-            raise ValueError(
-                f"the state has optimizers {sorted(state['optimizers'])}, this agent "
-                f"{sorted(self.optimizers)}"
-            )
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+        self._load_optimizers(self.optimizers, state["optimizers"])
         self.methods.load_state_dict(state["methods"])
         for name in ("obs_normalizer", "reward_scaler"):
             module = getattr(self, name)
@@ -811,13 +796,7 @@ class PPOAgent:
                 module.load_state_dict(state[name])
         restore_torch_generator(self.action_generator, state["action_generator"])
         restore_torch_generator(self.minibatch_generator, state["minibatch_generator"])
-        observations = state["observations"].cpu().numpy()
-        if observations.shape != self.observations.shape:
-            raise ValueError(
-                f"the state holds observations of shape {observations.shape}, this agent "
-                f"{self.observations.shape}"
-            )
-        self.observations = observations
+        self._restore_observations(state["observations"])
         self.global_step = int(state["global_step"])
         self.iteration = int(state["iteration"])
         self.updates = int(state["updates"])

@@ -20,13 +20,13 @@ cleanrl    CleanRL's ppo_continuous_action.py defaults (64-64 tanh, orthogonal i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from cbp_rl.agents.cli import parse_config, rl_command, run_command
+from cbp_rl.agents.cli import RLCommandParts
 from cbp_rl.agents.config import (
     MethodsConfig,
     NetworkConfig,
@@ -36,14 +36,13 @@ from cbp_rl.agents.config import (
 from cbp_rl.agents.methods import PAPER_CBP
 from cbp_rl.agents.normalization import ObservationNormalizer
 from cbp_rl.agents.ppo import GaussianPolicy, PPOAgent, PPOAlgorithmConfig, PPOConfig
-from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
+from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext
 from cbp_rl.envs.vector import EnvDescription
 from cbp_rl.run.configs import config_from_dict
 
 __all__ = ["COMMAND", "PRESETS", "build_agent", "load_policy", "main", "parse"]
 
 ALGORITHM = "ppo"
-PROG = "python -m cbp_rl.train ppo"
 
 _PAPER = PPOConfig()  # the defaults are the paper's standard PPO
 _NS_ADAM = OptimizerConfig(betas=(0.99, 0.99))
@@ -97,32 +96,15 @@ RESUME_IGNORE = (*RESUME_IGNORE_RUN, "ppo.parallel_update")
 """Config fields that may change on resume (budget, output, how envs run); the rest must match."""
 
 
-def parse(argv: Sequence[str]) -> PPOConfig:
-    """The config of ``argv`` (flags over a preset, or over the resumed run's config)."""
-    return parse_config(
-        PPOConfig,
-        argv,
-        algorithm=ALGORITHM,
-        presets=PRESETS,
-        default_preset="standard",
-        prog=PROG,
-        description=DESCRIPTION,
-    )
-
-
 def build_agent(context: AgentContext) -> PPOAgent:
     """The PPO agent of a run."""
     return PPOAgent(context)
 
 
-def prepare(config: PPOConfig) -> PreparedRun:
-    """Validate a PPO run before anything runs."""
-    return prepare_run(ALGORITHM, config, build_agent, resume_ignore=RESUME_IGNORE)
-
-
-def main(argv: Sequence[str]) -> int:
-    """``python -m cbp_rl.train ppo [FLAGS]``; returns the exit code."""
-    return run_command("train ppo", lambda: parse(argv), prepare, lambda run: run.execute())
+PARTS = RLCommandParts(ALGORITHM, PPOConfig, PRESETS, DESCRIPTION, build_agent, RESUME_IGNORE)
+parse = PARTS.parse
+prepare = PARTS.prepare
+main = PARTS.main
 
 
 def load_policy(
@@ -160,12 +142,8 @@ def load_policy(
     return act
 
 
-COMMAND = rl_command(
-    ALGORITHM,
+COMMAND = PARTS.command(
     "PPO (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
-    main=main,
-    parse=parse,
-    config=PPOConfig,
-    load_policy=load_policy,
+    load_policy,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""

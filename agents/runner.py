@@ -97,6 +97,7 @@ __all__ = [
     "Iteration",
     "PlasticityMonitor",
     "PreparedRun",
+    "VectorAgent",
     "budget",
     "episodes_from_infos",
     "prepare_run",
@@ -213,6 +214,39 @@ def episodes_from_infos(infos: Mapping[str, Any], step: int) -> list[Episode]:
         Episode(step, float(stats["r"][i]), int(stats["l"][i]), int(i))
         for i in np.flatnonzero(mask)
     ]
+
+
+class VectorAgent:
+    """What the RL agents share: the run's context, the latest observations of every sub-env,
+    and restoring those and the optimizers from a checkpoint."""
+
+    def __init__(self, context: AgentContext) -> None:
+        self.envs = context.envs
+        self.description: EnvDescription = context.description
+        self.device = context.device
+        self.num_envs: int = context.config.run.num_envs
+        self.observations = np.zeros((self.num_envs, self.description.observation_dim))
+
+    def _load_optimizers(
+        self, optimizers: Mapping[str, torch.optim.Optimizer], saved: Mapping[str, Any]
+    ) -> None:
+        """Load each optimizer's saved state; refused unless the saved names are these."""
+        if set(saved) != set(optimizers):
+            raise ValueError(
+                f"the state has optimizers {sorted(saved)}, this agent {sorted(optimizers)}"
+            )
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved[name])
+
+    def _restore_observations(self, saved: Tensor) -> None:
+        """Continue from the saved observations; refused unless shaped as this agent's."""
+        observations = saved.cpu().numpy()
+        if observations.shape != self.observations.shape:
+            raise ValueError(
+                f"the state holds observations of shape {observations.shape}, this agent "
+                f"{self.observations.shape}"
+            )
+        self.observations = observations
 
 
 class PlasticityMonitor:

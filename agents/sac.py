@@ -52,10 +52,10 @@ from cbp_rl.agents.config import (
     Steps,
 )
 from cbp_rl.agents.methods import PlasticityMethods
-from cbp_rl.agents.networks import build_mlp, build_optimizer, gaussian_log_prob, replacement_init
+from cbp_rl.agents.networks import build_mlp, build_optimizer, gaussian_log_prob
 from cbp_rl.agents.replay import ReplayBatch, ReplayBuffer
-from cbp_rl.agents.runner import AgentContext, Episode, Iteration, episodes_from_infos
-from cbp_rl.envs.vector import EnvDescription, final_observations, info_means
+from cbp_rl.agents.runner import AgentContext, Episode, Iteration, VectorAgent, episodes_from_infos
+from cbp_rl.envs.vector import final_observations, info_means
 from cbp_rl.metrics import action_saturation
 from cbp_rl.run.checkpoint import restore_torch_generator, torch_generator_state
 from cbp_rl.run.conventions import finite_floats
@@ -336,17 +336,14 @@ class _Totals:
         return result
 
 
-class SACAgent:
+class SACAgent(VectorAgent):
     """SAC on a vector env; implements :class:`cbp_rl.agents.runner.Agent`."""
 
     def __init__(self, context: AgentContext) -> None:
+        super().__init__(context)
         config: SACConfig = context.config
         self.config = config
         self.settings = config.sac
-        self.envs = context.envs
-        self.description: EnvDescription = context.description
-        self.device = context.device
-        self.num_envs = config.run.num_envs
         self.total_steps = config.run.total_steps
         obs_dim, action_dim = self.description.observation_dim, self.description.action_dim
         self.obs_dim, self.action_dim = obs_dim, action_dim
@@ -383,13 +380,11 @@ class SACAgent:
         )
         self.initial_lrs = {name: _lr(opt) for name, opt in self._all_optimizers().items()}
         networks = self.networks()
-        self.methods = PlasticityMethods(
+        self.methods = PlasticityMethods.of_run(
             {name: networks[name] for name in config.networks_with_methods},
             self.optimizers,
-            config.methods,
-            init=replacement_init(network, config.methods.cbp_init),
-            seed=derive_seed(seed, "methods"),
-            field=config.field_methods,
+            config,
+            seed,
         )
         self.action_generator = torch.Generator(self.device).manual_seed(
             derive_seed(seed, "actions")
@@ -415,7 +410,6 @@ class SACAgent:
         """Environment steps taken since learning started: ``updates = floor(ratio * this)``."""
         self.learn_from = settings.warmup_steps
         """The step from which the agent learns (warm-up end, or a refill's end after resume)."""
-        self.observations = np.zeros((self.num_envs, obs_dim))
         self._critic_params: list[Tensor] = [p for q in (self.q1, self.q2) for p in q.parameters()]
         self._target_params: list[Tensor] = [
             p for q in (self.q1_target, self.q2_target) for p in q.parameters()
@@ -702,24 +696,11 @@ class SACAgent:
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        optimizers = self._all_optimizers()
-        if set(state["optimizers"]) != set(optimizers):
-            raise ValueError(
-                f"the state has optimizers {sorted(state['optimizers'])}, this agent "
-                f"{sorted(optimizers)}"
-            )
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+        self._load_optimizers(self._all_optimizers(), state["optimizers"])
         self.methods.load_state_dict(state["methods"])
         restore_torch_generator(self.action_generator, state["action_generator"])
         restore_torch_generator(self.update_generator, state["update_generator"])
-        observations = state["observations"].cpu().numpy()
-        if observations.shape != self.observations.shape:
-            raise ValueError(
-                f"the state holds observations of shape {observations.shape}, this agent "
-                f"{self.observations.shape}"
-            )
-        self.observations = observations
+        self._restore_observations(state["observations"])
         self.global_step = int(state["global_step"])
         self.updates = int(state["updates"])
         self.learning_steps = int(state["learning_steps"])

@@ -18,15 +18,15 @@ L2 (``--weight-decay``), ReDo (``--redo``) and shrink-and-perturb (``--perturb-s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from cbp_rl.agents.cli import parse_config, rl_command, run_command
+from cbp_rl.agents.cli import RLCommandParts
 from cbp_rl.agents.methods import PAPER_CBP
-from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext, PreparedRun, prepare_run
+from cbp_rl.agents.runner import RESUME_IGNORE_RUN, AgentContext
 from cbp_rl.agents.sac import SACAgent, SACConfig, SquashedGaussianActor
 from cbp_rl.envs.vector import EnvDescription
 from cbp_rl.run.configs import config_from_dict
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 ALGORITHM = "sac"
-PROG = "python -m cbp_rl.train sac"
 
 _STANDARD = SACConfig()
 
@@ -70,32 +69,17 @@ RESUME_IGNORE = (*RESUME_IGNORE_RUN, "sac.save_replay", "sac.log_every")
 hold the buffer, the logging period); the rest must match."""
 
 
-def parse(argv: Sequence[str]) -> SACConfig:
-    """The config of ``argv`` (flags over a preset, or over the resumed run's config)."""
-    return parse_config(
-        SACConfig,
-        argv,
-        algorithm=ALGORITHM,
-        presets=PRESETS,
-        default_preset="standard",
-        prog=PROG,
-        description=DESCRIPTION,
-    )
-
-
 def build_agent(context: AgentContext) -> SACAgent:
     """The SAC agent of a run."""
     return SACAgent(context)
 
 
-def prepare(config: SACConfig) -> PreparedRun:
-    """Validate a SAC run before anything runs."""
-    return prepare_run(ALGORITHM, config, build_agent, resume_ignore=RESUME_IGNORE, network_count=5)
-
-
-def main(argv: Sequence[str]) -> int:
-    """``python -m cbp_rl.train sac [FLAGS]``; returns the exit code."""
-    return run_command("train sac", lambda: parse(argv), prepare, lambda run: run.execute())
+PARTS = RLCommandParts(
+    ALGORITHM, SACConfig, PRESETS, DESCRIPTION, build_agent, RESUME_IGNORE, network_count=5
+)
+parse = PARTS.parse
+prepare = PARTS.prepare
+main = PARTS.main
 
 
 def load_policy(
@@ -130,12 +114,8 @@ def load_policy(
     return act
 
 
-COMMAND = rl_command(
-    ALGORITHM,
+COMMAND = PARTS.command(
     "SAC (with --cbp: continual backprop) on any continuous-action Gymnasium MuJoCo env",
-    main=main,
-    parse=parse,
-    config=SACConfig,
-    load_policy=load_policy,
+    load_policy,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""

@@ -387,33 +387,21 @@ class FrictionSchedule(ParameterSchedule[ObsType, ActType]):
         num_envs: int = 1,
         reset_counts_as_step: bool | None = None,
     ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            change_every=change_every,
-            low=low,
-            high=high,
-            seed=seed,
-            values=values,
-            cycle=cycle,
-            at_episode_end=at_episode_end,
-            num_envs=num_envs,
-            reset_counts_as_step=reset_counts_as_step,
-        )
-        explicit = values is not None
-        ParameterSchedule.__init__(
-            self,
-            env,
-            "friction",
-            change_every=change_every,
-            low=None if explicit else low,
-            high=None if explicit else high,
-            seed=seed,
-            values=values,
-            cycle=cycle,
-            at_episode_end=at_episode_end,
-            num_envs=num_envs,
-            reset_counts_as_step=reset_counts_as_step,
-        )
+        arguments: dict[str, Any] = {
+            "change_every": change_every,
+            "low": low,
+            "high": high,
+            "seed": seed,
+            "values": values,
+            "cycle": cycle,
+            "at_episode_end": at_episode_end,
+            "num_envs": num_envs,
+            "reset_counts_as_step": reset_counts_as_step,
+        }
+        gym.utils.RecordConstructorArgs.__init__(self, **arguments)
+        if values is not None:  # the list replaces the default range
+            arguments.update(low=None, high=None)
+        ParameterSchedule.__init__(self, env, "friction", **arguments)
 
     @property
     def friction(self) -> float:

@@ -1,21 +1,105 @@
-"""Helpers the RL run tests share: the PPO command, bitwise comparison of checkpoint states, the
-plasticity tags every RL command logs, what a run's checkpoint says training produced."""
+"""Helpers the RL run tests share: the PPO and SAC commands, small runs' flags, a run and its
+resumed twin, refused flags, bitwise comparison of checkpoint states, the plasticity tags every RL
+command logs, what a run's checkpoint says training produced."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
-from cbp_rl.agents import ppo_command
+from cbp_rl import evaluate
+from cbp_rl.agents import ppo_command, sac_command
 from cbp_rl.run.checkpoint import load_checkpoint
+
+PPO_SMALL = (
+    "--env", "Hopper-v4",
+    "--num-envs", "2",
+    "--batch-size", "256",
+    "--num-minibatches", "4",
+    "--update-epochs", "2",
+    "--hidden-sizes", "32", "32",
+    "--no-progress",
+)  # fmt: skip
+"""A small PPO on Hopper: 2 envs, rollouts of 256 steps, 2 epochs of 4 minibatches, 32-32."""
+
+PPO_TINY = (
+    "--num-envs", "2",
+    "--batch-size", "256",
+    "--num-minibatches", "4",
+    "--update-epochs", "1",
+    "--hidden-sizes", "16",
+    "--vector-mode", "batched",
+    "--plasticity-every", "0",
+    "--no-progress",
+)  # fmt: skip
+"""A tinier PPO for the env-protocol runs (give ``--env``): one epoch, 16 units, no probes."""
+
+SLIPPERY_ANT = (
+    "--env", "SlipperyAnt-v5",
+    "--env-kwargs", json.dumps({"change_every": 256, "at_episode_end": False}),
+)  # fmt: skip
+"""SlipperyAnt with a new friction every 256 agent steps, adopted at once."""
 
 
 def train_ppo(*argv: str) -> int:
     """``python -m cbp_rl.train ppo ARGV`` in this process; its exit code."""
     return ppo_command.main(list(argv))
+
+
+def train_sac(*argv: str) -> int:
+    """``python -m cbp_rl.train sac ARGV`` in this process; its exit code."""
+    return sac_command.main(list(argv))
+
+
+def run_and_resume(
+    train: Callable[..., int],
+    flags: Sequence[str],
+    where: Path,
+    *,
+    total: int,
+    stop: int,
+    resume_flags: Sequence[str] = (),
+    prefix: str = "",
+) -> tuple[Path, Path]:
+    """Train ``total`` steps in ``where/full``, and ``stop`` steps in ``where/half`` resumed to
+    ``total`` (with ``resume_flags``); asserts every launch succeeds, returns both directories."""
+    full, half = where / f"{prefix}full", where / f"{prefix}half"
+    assert train(*flags, "--total-steps", str(total), "--run-dir", str(full)) == 0
+    assert train(*flags, "--total-steps", str(stop), "--run-dir", str(half)) == 0
+    assert train("--resume", str(half), "--total-steps", str(total), *resume_flags) == 0
+    return full, half
+
+
+def assert_refused(
+    main: Callable[[list[str]], int],
+    argv: Sequence[str],
+    message: str,
+    run_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A command given ``argv`` exits 2 saying ``message`` (on stderr, white space and box
+    borders folded) before it makes its run directory."""
+    assert main([*argv, "--run-dir", str(run_dir), "--no-progress"]) == 2
+    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert not run_dir.exists()
+
+
+def evaluations(
+    run_dir: Path, episodes: int, seeds: Sequence[str], capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    """What ``python -m cbp_rl.evaluate RUN_DIR --episodes N --seed S`` prints for each seed;
+    asserts each exits 0."""
+    outputs = []
+    for seed in seeds:
+        assert evaluate.main([str(run_dir), "--episodes", str(episodes), "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out.strip())
+    return outputs
 
 
 def same(a: Any, b: Any, where: str = "state") -> None:
@@ -29,9 +113,11 @@ def same(a: Any, b: Any, where: str = "state") -> None:
         for key in a:
             same(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             same(x, y, f"{where}[{i}]")
+    elif a != a and b != b:  # NaN
+        return
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 

@@ -14,6 +14,7 @@ pytest.importorskip(
     "envpool", reason="envpool is not installed (pip install 'cbp_rl[envpool]' or '.[test]')"
 )
 
+from helpers import PPO_SMALL as SMALL
 from helpers import same
 
 from cbp_rl.agents import ppo_command, sac_command
@@ -22,16 +23,7 @@ from cbp_rl.envs.vector import final_observations, make_vector_env
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 
-PPO_SMALL = [
-    "--env", "Hopper-v4",
-    "--num-envs", "2",
-    "--batch-size", "256",
-    "--num-minibatches", "4",
-    "--update-epochs", "2",
-    "--hidden-sizes", "32", "32",
-    "--no-progress",
-    "--vector-mode", "envpool",
-]  # fmt: skip
+PPO_SMALL = [*SMALL, "--vector-mode", "envpool"]
 
 
 def _envpool(env_id: str, num_envs: int, seed: int, **kwargs: Any) -> Any:

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from helpers import same, train_ppo, training_state
+from helpers import PPO_TINY, SLIPPERY_ANT, run_and_resume, same, train_ppo, training_state
 
 from cbp_rl.run.logging import read_scalars
 
-FLAGS = [
-    "--env", "SlipperyAnt-v5",
-    "--env-kwargs", json.dumps({"change_every": 256, "at_episode_end": False}),
-    "--num-envs", "2",
-    "--batch-size", "256",
-    "--num-minibatches", "4",
-    "--update-epochs", "1",
-    "--hidden-sizes", "16",
-    "--vector-mode", "batched",
-    "--plasticity-every", "0",
-    "--no-progress",
-]  # fmt: skip
+FLAGS = [*SLIPPERY_ANT, *PPO_TINY]
 
 
 def frictions(run: Path) -> list[tuple[int, float]]:
@@ -28,10 +16,7 @@ def frictions(run: Path) -> list[tuple[int, float]]:
 
 
 def test_slippery_ant_logs_friction_and_resumes_on_the_same_schedule(tmp_path: Path) -> None:
-    full, half = tmp_path / "full", tmp_path / "half"
-    assert train_ppo(*FLAGS, "--seed", "3", "--total-steps", "1536", "--run-dir", str(full)) == 0
-    assert train_ppo(*FLAGS, "--seed", "3", "--total-steps", "768", "--run-dir", str(half)) == 0
-    assert train_ppo("--resume", str(half), "--total-steps", "1536") == 0
+    full, half = run_and_resume(train_ppo, [*FLAGS, "--seed", "3"], tmp_path, total=1536, stop=768)
 
     logged = frictions(full)
     assert [step for step, _ in logged] == [256, 512, 768, 1024, 1280, 1536]

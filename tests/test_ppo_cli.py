@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from helpers import assert_refused
 
 from cbp_rl.agents import ppo_command
 from cbp_rl.agents.ppo import PPOAlgorithmConfig, PPOConfig
@@ -121,12 +122,7 @@ def test_step_counts_accept_scientific_notation() -> None:
 def test_bad_input_is_refused_before_anything_runs(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir = tmp_path / "run"
-    code = ppo_command.main([*argv, "--run-dir", str(run_dir), "--no-progress"])
-    assert code == 2
-    captured = capsys.readouterr()
-    assert message in " ".join((captured.out + captured.err).split())
-    assert not run_dir.exists()
+    assert_refused(ppo_command.main, argv, message, tmp_path / "run", capsys)
 
 
 def test_a_run_directory_that_holds_a_run_is_not_reused(

@@ -16,23 +16,22 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import plasticity_tags, same, train_ppo, training_state
+from helpers import PPO_SMALL as SMALL
+from helpers import (
+    PPO_TINY,
+    evaluations,
+    plasticity_tags,
+    run_and_resume,
+    same,
+    train_ppo,
+    training_state,
+)
 
 from cbp_rl import evaluate
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SMALL = [
-    "--env", "Hopper-v4",
-    "--num-envs", "2",
-    "--batch-size", "256",
-    "--num-minibatches", "4",
-    "--update-epochs", "2",
-    "--hidden-sizes", "32", "32",
-    "--no-progress",
-]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- smoke
@@ -100,11 +99,10 @@ def test_seeded_runs_are_identical_and_resume_exactly_in_every_vector_mode(
     flags = [*SMALL, "--cbp", "--maturity-threshold", "10", "--plasticity-every", "256"]
     finals = {}
     for mode in ("sync", "batched", "async"):
-        full, half = tmp_path / f"{mode}-full", tmp_path / f"{mode}-half"
         mode_flags = [*flags, "--vector-mode", mode]
-        assert train_ppo(*mode_flags, "--total-steps", "1024", "--run-dir", str(full)) == 0
-        assert train_ppo(*mode_flags, "--total-steps", "512", "--run-dir", str(half)) == 0
-        assert train_ppo("--resume", str(half), "--total-steps", "1024") == 0
+        full, half = run_and_resume(
+            train_ppo, mode_flags, tmp_path, total=1024, stop=512, prefix=f"{mode}-"
+        )
         finals[mode] = training_state(full)
         same(finals[mode], training_state(half), f"{mode} resumed")
         # the resumed run's logs continue the interrupted ones: one value per step
@@ -201,21 +199,8 @@ def test_env_schedules_are_logged_checkpointed_and_restored(tmp_path: Path) -> N
     from schedule_env import ENV_ID, register
 
     register()
-    flags = [
-        "--env", ENV_ID,
-        "--num-envs", "2",
-        "--batch-size", "256",
-        "--num-minibatches", "4",
-        "--update-epochs", "1",
-        "--hidden-sizes", "16",
-        "--vector-mode", "batched",
-        "--plasticity-every", "0",
-        "--no-progress",
-    ]  # fmt: skip
-    full, half = tmp_path / "full", tmp_path / "half"
-    assert train_ppo(*flags, "--total-steps", "1536", "--run-dir", str(full)) == 0
-    assert train_ppo(*flags, "--total-steps", "768", "--run-dir", str(half)) == 0
-    assert train_ppo("--resume", str(half), "--total-steps", "1536") == 0
+    flags = ["--env", ENV_ID, *PPO_TINY]
+    full, half = run_and_resume(train_ppo, flags, tmp_path, total=1536, stop=768)
     a, b = training_state(full), training_state(half)
     same(a, b)
     schedules = a["env"]["schedule_states"]
@@ -241,10 +226,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_prints_the_same_mean_return_for_the_same_seed(
     trained_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outputs = []
-    for seed in ("3", "3", "4"):
-        assert evaluate.main([str(trained_run), "--episodes", "3", "--seed", seed]) == 0
-        outputs.append(capsys.readouterr().out.strip())
+    outputs = evaluations(trained_run, 3, ("3", "3", "4"), capsys)
     assert outputs[0] == outputs[1]
     assert outputs[0].startswith("mean return ") and "over 3 episodes" in outputs[0]
     assert outputs[0] != outputs[2]

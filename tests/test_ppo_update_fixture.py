@@ -15,21 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import train_ppo, training_state
+from helpers import PPO_SMALL, train_ppo, training_state
 
 from cbp_rl.run.logging import read_scalars
 
 SMALL = [
-    "--env", "Hopper-v4",
-    "--num-envs", "2",
-    "--batch-size", "256",
-    "--num-minibatches", "4",
-    "--update-epochs", "2",
-    "--hidden-sizes", "32", "32",
+    *PPO_SMALL,
     "--vector-mode", "sync",
     "--plasticity-every", "0",
     "--total-steps", "768",
-    "--no-progress",
 ]  # fmt: skip
 
 CLEANRL = [

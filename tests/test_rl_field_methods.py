@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+from helpers import PPO_SMALL as SMALL
+from helpers import assert_refused, run_and_resume, same, train_ppo
 
 from cbp_rl.agents import ppo_command, sac_command
 from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig, NetworkConfig
@@ -14,16 +17,7 @@ from cbp_rl.nets import CReLU
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 
-PPO_SMALL = [
-    "--env", "Hopper-v4",
-    "--num-envs", "2",
-    "--batch-size", "256",
-    "--num-minibatches", "4",
-    "--update-epochs", "2",
-    "--hidden-sizes", "32", "32",
-    "--no-progress",
-    "--plasticity-every", "256",
-]  # fmt: skip
+PPO_SMALL = [*SMALL, "--plasticity-every", "256"]
 ALL_PPO_METHODS = [
     "--l2-init", "0.01",
     "--parseval", "0.001",
@@ -38,29 +32,9 @@ def agent_state(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoint.pt")["agent"]
 
 
-def same(a: object, b: object, where: str = "state") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{where}[{i}]")
-    elif a != a and b != b:  # NaN
-        return
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def test_ppo_runs_every_method_together_logs_them_and_resumes_exactly(tmp_path: Path) -> None:
-    full, half = tmp_path / "full", tmp_path / "half"
     flags = [*PPO_SMALL, *ALL_PPO_METHODS]
-    assert ppo_command.main([*flags, "--total-steps", "1024", "--run-dir", str(full)]) == 0
-    assert ppo_command.main([*flags, "--total-steps", "512", "--run-dir", str(half)]) == 0
-    assert ppo_command.main(["--resume", str(half), "--total-steps", "1024"]) == 0
+    full, half = run_and_resume(train_ppo, flags, tmp_path, total=1024, stop=512)
     same(agent_state(full), agent_state(half))
     scalars = read_scalars(full)
     for tag in ("train/penalty/policy", "train/penalty/value", "train/pfo_penalty"):
@@ -71,11 +45,8 @@ def test_ppo_runs_every_method_together_logs_them_and_resumes_exactly(tmp_path: 
 
 
 def test_ppo_injection_resumes_exactly_and_is_refused_with_unit_methods(tmp_path: Path) -> None:
-    full, half = tmp_path / "full", tmp_path / "half"
     flags = [*PPO_SMALL, "--injection-every", "12", "--l2-init", "0.01"]
-    assert ppo_command.main([*flags, "--total-steps", "1024", "--run-dir", str(full)]) == 0
-    assert ppo_command.main([*flags, "--total-steps", "512", "--run-dir", str(half)]) == 0
-    assert ppo_command.main(["--resume", str(half), "--total-steps", "1024"]) == 0
+    full, half = run_and_resume(train_ppo, flags, tmp_path, total=1024, stop=512)
     state = agent_state(full)
     same(state, agent_state(half))
     assert int(state["methods"]["field_modules.policy_1.injections"]) == 2  # at 12 and 24
@@ -141,13 +112,10 @@ def test_bad_method_settings_are_refused() -> None:
     ],
 )
 def test_commands_refuse_bad_method_values_with_exit_code_2(
-    command: object,
+    command: ModuleType,
     flags: list[str],
     message: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    main = command.main  # type: ignore[attr-defined]
-    assert main([*flags, "--run-dir", str(tmp_path / "r")]) == 2
-    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
-    assert not (tmp_path / "r").exists()
+    assert_refused(command.main, flags, message, tmp_path / "r", capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import assert_refused
 
 from cbp_rl.agents import ppo_command, sac_command
 from cbp_rl.agents.sac import SACAlgorithmConfig, SACConfig
@@ -91,11 +92,7 @@ def test_fractional_replay_ratios_are_exact() -> None:
 def test_bad_input_is_refused_before_anything_runs(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir = tmp_path / "run"
-    assert sac_command.main([*argv, "--run-dir", str(run_dir), "--no-progress"]) == 2
-    captured = capsys.readouterr()
-    assert message in " ".join((captured.out + captured.err).split())
-    assert not run_dir.exists()
+    assert_refused(sac_command.main, argv, message, tmp_path / "run", capsys)
 
 
 def test_help_lists_every_flag_group_and_says_when_resume_is_exact(

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import plasticity_tags, same
+from helpers import (
+    SLIPPERY_ANT,
+    evaluations,
+    plasticity_tags,
+    run_and_resume,
+    same,
+    train_sac,
+    training_state,
+)
 
-from cbp_rl import evaluate
-from cbp_rl.agents import sac_command
 from cbp_rl.run.checkpoint import load_checkpoint
 from cbp_rl.run.logging import read_scalars
 
@@ -31,26 +36,13 @@ SMALL = [
 ]  # fmt: skip
 
 
-def train(*argv: str) -> int:
-    return sac_command.main(list(argv))
-
-
-def training_state(run_dir: Path) -> dict[str, Any]:
-    """The agent (networks, optimizers, CBP, replay buffer, generators) and the envs (without
-    the MjData bytes, which also hold scratch memory), from the run's checkpoint."""
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    for snapshot in state["env"]["snapshots"]:
-        snapshot.pop("mujoco_data")
-    return {"step": state["step"], "agent": state["agent"], "env": state["env"]}
-
-
 # --------------------------------------------------------------------------- smoke
 
 
 @pytest.fixture(scope="module")
 def cbp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("sac") / "cbp"
-    code = train(
+    code = train_sac(
         *SMALL,
         "--cbp",
         "--maturity-threshold", "20",
@@ -122,10 +114,7 @@ def test_cbp_replaces_units_in_the_actor_and_both_critics(cbp_run: Path) -> None
 def test_evaluate_prints_the_same_mean_return_for_the_same_seed(
     cbp_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outputs = []
-    for seed in ("3", "3", "4"):
-        assert evaluate.main([str(cbp_run), "--episodes", "2", "--seed", seed]) == 0
-        outputs.append(capsys.readouterr().out.strip())
+    outputs = evaluations(cbp_run, 2, ("3", "3", "4"), capsys)
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
     assert outputs[0].startswith("mean return ") and "checkpoint at step 500" in outputs[0]
 
@@ -136,21 +125,17 @@ def test_evaluate_prints_the_same_mean_return_for_the_same_seed(
 def test_seeded_runs_are_identical_and_resume_with_the_buffer_exactly(tmp_path: Path) -> None:
     flags = [*SMALL, "--cbp", "--maturity-threshold", "10", "--num-envs", "2"]
     flags += ["--replay-ratio", "0.75", "--plasticity-every", "200"]
-    full, half, again = tmp_path / "full", tmp_path / "half", tmp_path / "again"
-    assert (
-        train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(full)) == 0
-    )
-    assert (
-        train(*flags, "--vector-mode", "sync", "--total-steps", "300", "--run-dir", str(half)) == 0
-    )
+    sync = [*flags, "--vector-mode", "sync"]
     # how the envs run may change on resume: the same numbers
-    assert train("--resume", str(half), "--total-steps", "600", "--vector-mode", "batched") == 0
+    batched = ("--vector-mode", "batched")
+    full, half = run_and_resume(
+        train_sac, sync, tmp_path, total=600, stop=300, resume_flags=batched
+    )
     final = training_state(full)
     same(final, training_state(half), "resumed")
     assert final["agent"]["updates"] == 375  # 0.75 x (600 - 100 warm-up steps)
-    assert (
-        train(*flags, "--vector-mode", "sync", "--total-steps", "600", "--run-dir", str(again)) == 0
-    )
+    again = tmp_path / "again"
+    assert train_sac(*sync, "--total-steps", "600", "--run-dir", str(again)) == 0
     same(final, training_state(again), "second seeded run")
     # the resumed run's logs continue the interrupted ones: one value per step
     resumed, uninterrupted = read_scalars(half), read_scalars(full)
@@ -165,11 +150,11 @@ def test_seeded_runs_are_identical_and_resume_with_the_buffer_exactly(tmp_path: 
 def test_without_the_buffer_a_resumed_run_refills_it_before_learning_on(tmp_path: Path) -> None:
     run = tmp_path / "run"
     flags = [*SMALL, "--plasticity-every", "0"]
-    assert train(*flags, "--no-save-replay", "--total-steps", "300", "--run-dir", str(run)) == 0
+    assert train_sac(*flags, "--no-save-replay", "--total-steps", "300", "--run-dir", str(run)) == 0
     small = load_checkpoint(run / "checkpoint.pt")
     assert small["agent"]["replay"] is None and small["agent"]["updates"] == 200
     with pytest.warns(UserWarning, match="holds no replay buffer"):
-        code = train("--resume", str(run), "--total-steps", "600", "--save-replay")
+        code = train_sac("--resume", str(run), "--total-steps", "600", "--save-replay")
     assert code == 0
     state = load_checkpoint(run / "checkpoint.pt")["agent"]
     # 100 steps of the current policy refill the buffer, then one update per step again
@@ -183,11 +168,11 @@ def test_resume_with_other_training_settings_is_refused(
     cbp_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = (cbp_run / "checkpoint.pt").read_bytes()
-    code = train("--resume", str(cbp_run), "--total-steps", "600", "--replay-ratio", "2")
+    code = train_sac("--resume", str(cbp_run), "--total-steps", "600", "--replay-ratio", "2")
     assert code == 2
     assert "sac.replay_ratio: saved 1.0, current 2.0" in capsys.readouterr().err
     assert (cbp_run / "checkpoint.pt").read_bytes() == before
-    assert train("--resume", str(cbp_run)) == 2
+    assert train_sac("--resume", str(cbp_run)) == 2
     assert "raise --total-steps" in capsys.readouterr().err
 
 
@@ -196,8 +181,7 @@ def test_resume_with_other_training_settings_is_refused(
 
 def test_slippery_ant_logs_friction_and_resumes_on_the_same_schedule(tmp_path: Path) -> None:
     flags = [
-        "--env", "SlipperyAnt-v5",
-        "--env-kwargs", json.dumps({"change_every": 256, "at_episode_end": False}),
+        *SLIPPERY_ANT,
         "--hidden-sizes", "16",
         "--batch-size", "32",
         "--warmup-steps", "512",
@@ -206,10 +190,7 @@ def test_slippery_ant_logs_friction_and_resumes_on_the_same_schedule(tmp_path: P
         "--plasticity-every", "0",
         "--no-progress",
     ]  # fmt: skip
-    full, half = tmp_path / "full", tmp_path / "half"
-    assert train(*flags, "--total-steps", "768", "--run-dir", str(full)) == 0
-    assert train(*flags, "--total-steps", "512", "--run-dir", str(half)) == 0
-    assert train("--resume", str(half), "--total-steps", "768") == 0
+    full, half = run_and_resume(train_sac, flags, tmp_path, total=768, stop=512)
     frictions = read_scalars(full)["env/friction"]
     assert [step for step, _ in frictions] == [256, 512, 768]
     assert len({value for _, value in frictions}) == 3  # a new friction every 256 steps
