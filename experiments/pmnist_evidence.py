@@ -58,6 +58,20 @@ def config(learner: str, args: argparse.Namespace, run_dir: Path) -> PermutedMNI
     )
 
 
+def add_setting_flags(
+    parser: argparse.ArgumentParser, *, seeds: int, magnitude_help: str | None = None
+) -> None:
+    """The flags of the setting that :func:`config` reads (``seeds``: the default of
+    ``--seeds``)."""
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--examples-per-task", type=int, default=2000)
+    parser.add_argument("--width", type=int, default=100)
+    parser.add_argument("--step-size", type=float, default=0.03)
+    parser.add_argument("--magnitude-every", type=int, default=1, help=magnitude_help)
+
+
 def block_means(accuracy: np.ndarray, block: int = BLOCK) -> np.ndarray:
     """``[seeds, blocks]``: accuracy averaged over consecutive ``block``-task blocks."""
     blocks = accuracy.shape[1] // block
@@ -89,15 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the IDX files")
     parser.add_argument("--out", type=Path, default=Path("runs/pmnist-evidence"))
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--examples-per-task", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=100)
-    parser.add_argument("--step-size", type=float, default=0.03)
-    parser.add_argument(
-        "--magnitude-every", type=int, default=1, help="CBP's magnitude refresh (10: faster)"
-    )
+    add_setting_flags(parser, seeds=5, magnitude_help="CBP's magnitude refresh (10: faster)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()

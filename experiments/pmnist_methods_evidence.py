@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pmnist_evidence import BLOCK, block_means, config
+from pmnist_evidence import BLOCK, add_setting_flags, block_means, config
 
 from cbp_rl.lab.plot import main as plot_main
 from cbp_rl.run.conventions import NonFiniteError
 from cbp_rl.run.logging import read_run_status
-from cbp_rl.supervised.config import MeasureConfig
+from cbp_rl.supervised.config import LEARNER_NAMES, MeasureConfig
 from cbp_rl.supervised.experiment import run
 from cbp_rl.supervised.results import load_results
 
@@ -38,23 +38,8 @@ DIVERGED = "diverged.txt"
 """Written in a learner's run directory when its training diverged (non-finite loss): the
 step and what was not finite, shown in the table in place of its accuracies."""
 
-LEARNERS = (
-    "bp",
-    "cbp",
-    "l2",
-    "snp",
-    "dropout",
-    "onlinenorm",
-    "redo",
-    "l2init",
-    "crelu",
-    "layernorm",
-    "injection",
-    "reset",
-    "regrama",
-    "parseval",
-    "upgd",
-)
+LEARNERS = ("bp", "cbp", *(name for name in LEARNER_NAMES if name not in ("bp", "cbp", "adam")))
+"""The learners of ``train pmnist`` but adam, backprop and CBP first."""
 
 
 def run_learner(learner: str, args: argparse.Namespace) -> float:
@@ -112,13 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/pmnist-methods"))
     parser.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS)
     parser.add_argument("--jobs", type=int, default=4, help="learners running at once")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--examples-per-task", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=100)
-    parser.add_argument("--step-size", type=float, default=0.03)
-    parser.add_argument("--magnitude-every", type=int, default=1)
+    add_setting_flags(parser, seeds=3)
     parser.add_argument(
         "--measure-every", type=int, default=BLOCK, help="tasks between task-start measures"
     )

@@ -31,7 +31,13 @@ from cbp_rl.methods import (
 )
 from cbp_rl.optim import UPGD
 from cbp_rl.run.conventions import finite_floats
-from cbp_rl.supervised.engine import WINDOW_EXAMPLES, BatchedLearner, LearnerSpec, NetworkSpec
+from cbp_rl.supervised.engine import (
+    WINDOW_EXAMPLES,
+    BatchedLearner,
+    LearnerSpec,
+    NetworkSpec,
+    SeedTotals,
+)
 from cbp_rl.supervised.stream import stream_seed
 
 AutogradMethodName = Literal[
@@ -249,7 +255,7 @@ def _optimizer(
     return torch.optim.SGD(params, lr=learner.step_size, weight_decay=learner.weight_decay)
 
 
-class PerSeedLearner:
+class PerSeedLearner(SeedTotals):
     """S seeds of one method of :mod:`cbp_rl.methods`, each an ``nn.Sequential`` trained by
     autograd; the interface of :class:`~cbp_rl.supervised.engine.BatchedLearner`."""
 
@@ -289,9 +295,7 @@ class PerSeedLearner:
             _Seed(start.to_module(s), method, network, learner, seed)
             for s, seed in enumerate(self.seeds)
         ]
-        self.correct = torch.zeros(self.num_seeds, dtype=torch.int64, device=self.device)
-        self.loss_sum = torch.zeros(self.num_seeds, dtype=torch.float64, device=self.device)
-        self.examples = 0
+        self._zero_totals(self.num_seeds, self.device)
 
     @property
     def reinitializes(self) -> bool:
@@ -377,14 +381,6 @@ class PerSeedLearner:
         """Logits ``[S, M, outputs]`` in evaluation mode."""
         return torch.stack([s.net.eval()(inputs[i]) for i, s in enumerate(self._seeds[seeds])])
 
-    def take_totals(self) -> tuple[Tensor, Tensor, int]:
-        """Correct predictions ``[S]``, summed loss ``[S]`` and examples since the last call."""
-        totals = (self.correct.clone(), self.loss_sum.clone(), self.examples)
-        self.correct.zero_()
-        self.loss_sum.zero_()
-        self.examples = 0
-        return totals
-
     def to_module(self, seed_index: int) -> nn.Sequential:
         """One seed's network (the live module)."""
         return self._seeds[seed_index].net
@@ -397,11 +393,7 @@ class PerSeedLearner:
             "nets": [s.net.state_dict() for s in self._seeds],
             "optimizers": [s.optimizer.state_dict() for s in self._seeds],
             "methods": [None if s.method is None else s.method.state_dict() for s in self._seeds],
-            "totals": {
-                "correct": self.correct,
-                "loss_sum": self.loss_sum,
-                "examples": self.examples,
-            },
+            "totals": self._totals_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -420,10 +412,7 @@ class PerSeedLearner:
                 seed.method.load_state_dict(method)
             seed.net.load_state_dict(net)
             seed.optimizer.load_state_dict(opt)
-        totals = state["totals"]
-        self.correct.copy_(totals["correct"])
-        self.loss_sum.copy_(totals["loss_sum"])
-        self.examples = int(totals["examples"])
+        self._load_totals(state["totals"])
 
 
 def _effective_weights(seed: _Seed) -> list[Tensor]:

@@ -52,9 +52,9 @@ from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.run.seeding import derive_seed
+from cbp_rl.supervised.command import command_main, parse_config, seed_fields
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
-    ConvLearner,
     SGDConfig,
     StepResult,
     plasticity_measures,
@@ -65,9 +65,9 @@ from cbp_rl.supervised.conv_run import (
     RunSummary,
     TaskEpochRun,
     check_conv_flags,
-    command_main,
-    parse_config,
+    make_learner,
     prepare,
+    run_loop,
     run_prepared,
 )
 from cbp_rl.supervised.images import CIFAR_CLASSES, CifarData, load_cifar100
@@ -343,15 +343,10 @@ class IncrementalCifarRun(TaskEpochRun):
         self.class_order = rng.permutation(CIFAR_CLASSES)[: config.total_classes]
         self._split(config, device)
         self.net = build_resnet(config.seed).to(device)
-        self.learner = ConvLearner(
+        self.learner = make_learner(
             self.net,
-            config.sgd(),
-            noise_seed=derive_seed(config.seed, "noise"),
-            cbp=config.cbp.to_cbp_config() if config.learner == "cbp" else None,
-            cbp_seed=derive_seed(config.seed, "cbp"),
-            cbp_options=(
-                cbp_options(config.cbp.residual_stream, device) if config.learner == "cbp" else {}
-            ),
+            config,
+            cbp_options(config.cbp.residual_stream, device) if config.learner == "cbp" else None,
         )
         self.num_features = len(resnet_features(self.net, torch.zeros(1, 3, 32, 32, device=device)))
         self.augmenter = torch.Generator().manual_seed(derive_seed(config.seed, "augment"))
@@ -418,14 +413,8 @@ class IncrementalCifarRun(TaskEpochRun):
         return [m.weight for m in self.net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
     # ------------------------------------------------------------- sizes
-    def num_tasks(self) -> int:
-        return int(self.config.tasks)
-
     def epochs_per_task(self) -> int:
         return int(self.config.epochs_per_task)
-
-    def batch_size(self) -> int:
-        return int(self.config.batch_size)
 
     def train_size(self, task: int) -> int:
         return int(self.config.classes_at(task) * self.per_class["train"])
@@ -596,12 +585,12 @@ def run(config: IncrementalCifarConfig, *, stop_at_steps: int | None = None) -> 
 
 
 def parse(argv: Sequence[str]) -> IncrementalCifarConfig:
-    return parse_config(IncrementalCifarConfig, argv, command=NAME)
+    return parse_config(IncrementalCifarConfig, argv, NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cbp_rl.train incremental-cifar``; returns the exit code."""
-    return command_main(NAME, parse, prepare_run, argv)
+    return command_main(NAME, parse, prepare_run, run_loop, argv)
 
 
 def cost(config: IncrementalCifarConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -628,10 +617,9 @@ COMMAND = Command(
     unit="epochs",
     budget=lambda config: int(config.tasks * config.epochs_per_task),
     budget_flags=(),
-    reserved=("seed", "run-dir", "resume", "resume-fallback"),
-    seed_flags=lambda seeds: ["--seed", str(seeds[0])],
     resume_flags=lambda config: ["--resume-fallback"],
     cost=cost,
+    **seed_fields(many_seeds=False),
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 

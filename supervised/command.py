@@ -14,10 +14,11 @@ every supervised command (``regression`` too).
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import tyro
 
@@ -40,6 +41,19 @@ from cbp_rl.supervised.experiment import (
 )
 
 ConfigT = TypeVar("ConfigT")
+
+
+class _Configured(Protocol):
+    @property
+    def config(self) -> Any: ...
+
+
+class _Stopped(Protocol):
+    @property
+    def stopped_by(self) -> signal.Signals | None: ...
+
+
+RunT = TypeVar("RunT", bound=_Configured)
 
 
 def _resume_dir(argv: Sequence[str]) -> Path | None:
@@ -84,6 +98,54 @@ def parse_config(cls: type[ConfigT], argv: Sequence[str], command: str) -> Confi
     return tyro.cli(cls, args=list(argv), prog=prog, default=default, config=markers)
 
 
+def command_main(
+    command: str,
+    parse: Callable[[Sequence[str]], Any],
+    prepare: Callable[[Any], RunT],
+    train: Callable[[RunT], _Stopped],
+    argv: Sequence[str] | None,
+) -> int:
+    """Run ``command`` on ``argv`` (default: the process's arguments): parse, ``prepare`` the run,
+    ``train`` it on ``--threads`` torch threads; returns the exit code
+    (:mod:`cbp_rl.run.conventions`'s convention: 130/143 when stopped by SIGINT/SIGTERM, after a
+    checkpoint)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def execute(experiment: RunT) -> int:
+        with torch_threads(experiment.config.run.threads):
+            summary = train(experiment)
+        return stop_exit_code(summary.stopped_by)
+
+    return conventions.run_command(f"train {command}", lambda: parse(args), prepare, execute)
+
+
+class SeedFields(TypedDict):
+    """The :class:`~cbp_rl.run.command.Command` fields on a supervised command's seeds."""
+
+    reserved: tuple[str, ...]
+    seed_flags: Callable[[Sequence[int]], list[str]]
+    batches_seeds: bool
+
+
+def seed_fields(*, many_seeds: bool) -> SeedFields:
+    """A sweep sets ``--seed`` (with ``many_seeds``, ``--seeds`` too: one run holds several),
+    ``--run-dir`` and the resume flags."""
+    seeds = ("seed", "seeds") if many_seeds else ("seed",)
+    return SeedFields(
+        reserved=(*seeds, "run-dir", "resume", "resume-fallback"),
+        seed_flags=_seed_range_flags if many_seeds else _first_seed_flag,
+        batches_seeds=many_seeds,
+    )
+
+
+def _seed_range_flags(seeds: Sequence[int]) -> list[str]:
+    return ["--seed", str(seeds[0]), "--seeds", str(len(seeds))]
+
+
+def _first_seed_flag(seeds: Sequence[int]) -> list[str]:
+    return ["--seed", str(seeds[0])]
+
+
 def saved_config(run_dir: Path) -> PermutedMNISTConfig:
     """The configuration a pmnist run directory was started with (its ``config.json``)."""
     return load_saved_config(run_dir, PermutedMNISTConfig, "pmnist")
@@ -102,19 +164,9 @@ def prepare_run(config: PermutedMNISTConfig) -> PermutedMNISTRun:
         raise UsageError(str(err)) from err
 
 
-def execute(experiment: PermutedMNISTRun) -> int:
-    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
-    with torch_threads(experiment.config.run.threads):
-        summary = train(experiment)
-    return stop_exit_code(summary.stopped_by)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return conventions.run_command(
-        f"train {COMMAND_NAME}", lambda: parse(args), prepare_run, execute
-    )
+    return command_main(COMMAND_NAME, parse, prepare_run, train, argv)
 
 
 def cost(config: PermutedMNISTConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -150,11 +202,9 @@ COMMAND = Command(
     unit=UNIT,
     budget=budget,
     budget_flags=("--tasks",),
-    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
-    seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
     resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
     cost=cost,
-    batches_seeds=True,
+    **seed_fields(many_seeds=True),
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 

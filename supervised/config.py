@@ -16,7 +16,12 @@ from cbp_rl.nets import validate_init
 from cbp_rl.run.cbp_flags import cbp_flags, to_cbp_config
 from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.activations import get_activation
-from cbp_rl.supervised.autograd import AUTOGRAD_METHODS, FieldMethodsConfig, MethodSpec
+from cbp_rl.supervised.autograd import (
+    AUTOGRAD_METHODS,
+    AutogradMethodName,
+    FieldMethodsConfig,
+    MethodSpec,
+)
 from cbp_rl.supervised.engine import LearnerSpec, NetworkSpec, ReDoSpec
 from cbp_rl.supervised.onlinenorm import OnlineNormConfig
 
@@ -29,15 +34,7 @@ LearnerName = Literal[
     "adam",
     "redo",
     "cbp",
-    # the per-seed autograd path (cbp_rl.supervised.autograd)
-    "l2init",
-    "crelu",
-    "layernorm",
-    "injection",
-    "reset",
-    "regrama",
-    "parseval",
-    "upgd",
+    AutogradMethodName,  # the per-seed autograd path (cbp_rl.supervised.autograd)
 ]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
 

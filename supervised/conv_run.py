@@ -1,5 +1,5 @@
-"""What the two convolutional commands share: run flags, results file, the task/epoch loop with
-exact resume, and the command-line wrapper.
+"""What the two convolutional commands share: run flags, results file, the learner, and the
+task/epoch loop with exact resume (their command lines are :mod:`cbp_rl.supervised.command`'s).
 
 A run is a sequence of tasks; each task is a number of epochs over its training set in
 minibatches, in an order drawn anew each epoch from the run's own generator. Stops (SIGINT,
@@ -9,25 +9,22 @@ position, so a resumed run computes the same floats as an uninterrupted one.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import signal
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
-from cbp_rl.run import conventions
 from cbp_rl.run.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    atomic_write,
     capture_rng_state,
     numpy_generator_state,
     restore_numpy_generator,
@@ -41,16 +38,14 @@ from cbp_rl.run.conventions import (
     finite_floats,
     flag_name,
     refuse_finished,
-    stop_exit_code,
 )
-from cbp_rl.run.lifecycle import fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.lifecycle import open_run, stderr_log, train_to_limit
 from cbp_rl.run.logging import RunLogger, RunStatusWriter
 from cbp_rl.run.rundir import claims_released
 from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
-from cbp_rl.supervised.command import load_saved_config
-from cbp_rl.supervised.command import parse_config as _parse_config
+from cbp_rl.run.seeding import derive_seed
 from cbp_rl.supervised.conv_learner import ConvLearner, StepResult
-from cbp_rl.supervised.results import RESULTS_FILE
+from cbp_rl.supervised.results import RESULTS_FILE, load_results, save_npz
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -114,22 +109,13 @@ class ConvResults:
         self.arrays[name][index] = value
 
     def save(self, run_dir: Path) -> Path:
-        path = run_dir / RESULTS_FILE
         payload = {
             **self.arrays,
             "kind": np.array(self.kind),
             "tasks_done": np.array(self.tasks_done),
             "class_names": np.array(self.class_names, dtype=str),
         }
-
-        def write(f: Any) -> None:
-            buffer = io.BytesIO()
-            savez: Any = np.savez  # numpy's stubs type **arrays as the allow_pickle flag
-            savez(buffer, **payload)
-            f.write(buffer.getvalue())
-
-        atomic_write(path, write)
-        return path
+        return save_npz(run_dir, payload)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -148,13 +134,8 @@ class ConvResults:
         return cls(str(state["kind"]), arrays, int(state["tasks_done"]), names)
 
 
-def load_conv_results(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``results.npz`` (a run directory or the file)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    with np.load(path) as data:
-        return {name: data[name] for name in data.files}
+load_conv_results = load_results
+"""The arrays of a ``results.npz`` (a run directory or the file)."""
 
 
 # --------------------------------------------------------------------------- the loop
@@ -194,14 +175,16 @@ class TaskEpochRun(ABC):
     learner: ConvLearner
     results: ConvResults
 
-    @abstractmethod
-    def num_tasks(self) -> int: ...
+    def num_tasks(self) -> int:
+        """The config's ``tasks``."""
+        return int(self.config.tasks)
 
     @abstractmethod
     def epochs_per_task(self) -> int: ...
 
-    @abstractmethod
-    def batch_size(self) -> int: ...
+    def batch_size(self) -> int:
+        """The config's ``batch_size``."""
+        return int(self.config.batch_size)
 
     @abstractmethod
     def train_size(self, task: int) -> int:
@@ -445,6 +428,21 @@ def check_conv_flags(config: Any, learners: Sequence[str], positive: Sequence[st
         raise ValueError("--dormant-threshold must be in [0, 1]")
 
 
+def make_learner(
+    net: nn.Module, config: Any, cbp_options: Mapping[str, Any] | None = None
+) -> ConvLearner:
+    """The learner ``config`` asks for on ``net``: its SGD and noise, and continual backprop for
+    learner cbp (with ``cbp_options``), seeded from ``config.seed``."""
+    return ConvLearner(
+        net,
+        config.sgd(),
+        noise_seed=derive_seed(config.seed, "noise"),
+        cbp=config.cbp.to_cbp_config() if config.learner == "cbp" else None,
+        cbp_seed=derive_seed(config.seed, "cbp"),
+        cbp_options=cbp_options or {},
+    )
+
+
 def prepare(
     config: Any,
     make: Callable[[Path], RunT],
@@ -460,43 +458,40 @@ def prepare(
         resolve_device(config.run.device)
     except RuntimeError as err:  # CUDA asked for but absent: bad input, not a crash
         raise ValueError(str(err)) from None
-    if config.run.resume is None:
-        experiment = make(fresh_run_dir(config.run.run_dir, command=command, label=label))
-        experiment.open_logs()
-        return experiment
-    resumed = open_resumed(
-        config.run.resume,
+    experiment, position = open_run(
+        config.run,
+        make,
         command=command,
+        label=label,
         saved_config=to_jsonable(config),
         resumable=resumable,
-        fallback=config.run.resume_fallback,
     )
-    run_dir, state = resumed.run_dir, resumed.state
-    experiment = make(run_dir)
-    experiment.checkpoints = resumed.checkpoints  # it remembers a latest one found unreadable
-    position = experiment.restore(state)
-    refuse_finished(
-        run_dir,
-        done=experiment.task,
-        total=experiment.num_tasks(),
-        command=command,
-        flag=budget_flag,
-    )
-    experiment.checkpoints.last_step = int(state["step"])
+    if config.run.resume is not None:
+        refuse_finished(
+            experiment.run_dir,
+            done=experiment.task,
+            total=experiment.num_tasks(),
+            command=command,
+            flag=budget_flag,
+        )
     experiment.open_logs(position)
-    stderr_log(
-        f"resuming {run_dir} at task {experiment.task + 1}, epoch {experiment.epoch + 1}, "
-        f"step {experiment.position} of the epoch"
-    )
+    if config.run.resume is not None:
+        stderr_log(
+            f"resuming {experiment.run_dir} at task {experiment.task + 1}, epoch "
+            f"{experiment.epoch + 1}, step {experiment.position} of the epoch"
+        )
     return experiment
 
 
 def run_loop(
-    experiment: TaskEpochRun, *, stop_at_steps: int | None = None, desc: str = ""
+    experiment: TaskEpochRun, *, stop_at_steps: int | None = None, desc: str | None = None
 ) -> RunSummary:
     """Train a prepared run to its end (or ``stop_at_steps`` minibatches, or a signal); saves a
-    checkpoint when it stops and always leaves ``results.npz`` current."""
+    checkpoint when it stops and always leaves ``results.npz`` current. ``desc`` names the
+    progress bar (default: the command and the learner)."""
     config = experiment.config
+    if desc is None:
+        desc = f"{experiment.command} {config.learner}"
     total = experiment.total_steps()
     limit = total if stop_at_steps is None else min(total, stop_at_steps)
     with torch_threads(config.run.threads):
@@ -520,45 +515,12 @@ def run_loop(
     return RunSummary(experiment.run_dir, done, stopped, stopped_by)
 
 
-# --------------------------------------------------------------------------- the command line
-
-ConfigT = TypeVar("ConfigT")
-
-
-def saved_config(run_dir: Path, cls: type[ConfigT], command: str) -> ConfigT:
-    """The configuration a run directory was started with (its ``config.json``)."""
-    return load_saved_config(run_dir, cls, command)
-
-
-def parse_config(cls: type[ConfigT], argv: Sequence[str], *, command: str) -> ConfigT:
-    """The configuration from flags (with ``--resume DIR``: over the saved one)."""
-    return _parse_config(cls, argv, command)
-
-
 def run_prepared(
     prepare_run: Callable[[Any], TaskEpochRun], config: Any, stop_at_steps: int | None = None
 ) -> RunSummary:
     """``run_loop(prepare_run(config))`` holding the run directory's lock until it returns."""
     with claims_released():
-        experiment = prepare_run(config)
-        desc = f"{experiment.command} {config.learner}"
-        return run_loop(experiment, stop_at_steps=stop_at_steps, desc=desc)
-
-
-def command_main(
-    command: str,
-    parse: Callable[[Sequence[str]], Any],
-    prepare_run: Callable[[Any], TaskEpochRun],
-    argv: Sequence[str] | None,
-) -> int:
-    """Run a command; the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-
-    def execute(experiment: TaskEpochRun) -> int:
-        desc = f"{command} {experiment.config.learner}"
-        return stop_exit_code(run_loop(experiment, desc=desc).stopped_by)
-
-    return conventions.run_command(f"train {command}", lambda: parse(args), prepare_run, execute)
+        return run_loop(prepare_run(config), stop_at_steps=stop_at_steps)
 
 
 __all__ = [
@@ -568,11 +530,9 @@ __all__ = [
     "RunSummary",
     "TaskEpochRun",
     "check_conv_flags",
-    "command_main",
     "load_conv_results",
-    "parse_config",
+    "make_learner",
     "prepare",
     "run_loop",
     "run_prepared",
-    "saved_config",
 ]

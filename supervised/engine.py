@@ -392,7 +392,37 @@ class BatchedReDo:
             restore_torch_generator(generator, saved)
 
 
-class BatchedLearner:
+class SeedTotals:
+    """What a many-seed learner counts between :meth:`take_totals` calls: correct predictions
+    ``[S]``, the summed loss ``[S]`` and the examples."""
+
+    correct: Tensor
+    loss_sum: Tensor
+    examples: int
+
+    def _zero_totals(self, num_seeds: int, device: torch.device) -> None:
+        self.correct = torch.zeros(num_seeds, dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros(num_seeds, dtype=torch.float64, device=device)
+        self.examples = 0
+
+    def take_totals(self) -> tuple[Tensor, Tensor, int]:
+        """Correct predictions ``[S]``, summed loss ``[S]`` and examples since the last call."""
+        totals = (self.correct.clone(), self.loss_sum.clone(), self.examples)
+        self.correct.zero_()
+        self.loss_sum.zero_()
+        self.examples = 0
+        return totals
+
+    def _totals_state(self) -> dict[str, Any]:
+        return {"correct": self.correct, "loss_sum": self.loss_sum, "examples": self.examples}
+
+    def _load_totals(self, totals: dict[str, Any]) -> None:
+        self.correct.copy_(totals["correct"])
+        self.loss_sum.copy_(totals["loss_sum"])
+        self.examples = int(totals["examples"])
+
+
+class BatchedLearner(SeedTotals):
     """S seeds of one learner on one stacked MLP.
 
     Examples:
@@ -495,9 +525,7 @@ class BatchedLearner:
                 dtype=dtype,
             )
         self.redo = BatchedReDo(self.seeds, network.width, self.depth, device=self.device)
-        self.correct = torch.zeros(self.num_seeds, dtype=torch.int64, device=self.device)
-        self.loss_sum = torch.zeros(self.num_seeds, dtype=torch.float64, device=self.device)
-        self.examples = 0
+        self._zero_totals(self.num_seeds, self.device)
         self._minus_one: dict[int, Tensor] = {}
         if int(window) != window or window < 1:
             raise ValueError(f"window must be a positive integer, got {window}")
@@ -862,14 +890,6 @@ class BatchedLearner:
             hidden.append(h)
         return hidden, torch.baddbmm(self.biases[-1][seeds], h, self.weights[-1][seeds])
 
-    def take_totals(self) -> tuple[Tensor, Tensor, int]:
-        """Correct predictions ``[S]``, summed loss ``[S]`` and examples since the last call."""
-        totals = (self.correct.clone(), self.loss_sum.clone(), self.examples)
-        self.correct.zero_()
-        self.loss_sum.zero_()
-        self.examples = 0
-        return totals
-
     def to_module(self, seed_index: int) -> nn.Sequential:
         """One seed's network as a plain PyTorch ``nn.Sequential`` (copies of the tensors)."""
         layers: list[nn.Module] = []
@@ -912,11 +932,7 @@ class BatchedLearner:
             "dropout_generators": [torch_generator_state(g) for g in self.dropout_generators],
             "perturbers": [p.state_dict() for p in self.perturbers],
             "redo": self.redo.state_dict(),
-            "totals": {
-                "correct": self.correct,
-                "loss_sum": self.loss_sum,
-                "examples": self.examples,
-            },
+            "totals": self._totals_state(),
         }
         if self.adam is not None:
             state["adam"] = self.adam.state_dict()
@@ -942,10 +958,7 @@ class BatchedLearner:
         for perturber, saved in zip(self.perturbers, state["perturbers"], strict=True):
             perturber.load_state_dict(saved)
         self.redo.load_state_dict(state["redo"])
-        totals = state["totals"]
-        self.correct.copy_(totals["correct"])
-        self.loss_sum.copy_(totals["loss_sum"])
-        self.examples = int(totals["examples"])
+        self._load_totals(state["totals"])
         if self.adam is not None:
             self.adam.load_state_dict(state["adam"])
         if self.cbp is not None:
@@ -976,5 +989,6 @@ __all__ = [
     "LearnerSpec",
     "NetworkSpec",
     "ReDoSpec",
+    "SeedTotals",
     "dormant_units",
 ]

@@ -21,7 +21,7 @@ import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from cbp_rl.run.conventions import (
     check_memory,
     refuse_finished,
 )
-from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.lifecycle import Log, Resumed, open_run, stderr_log, train_to_limit
 from cbp_rl.run.logging import RunStatusWriter
 from cbp_rl.run.rundir import claims_released
 from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
@@ -100,8 +100,109 @@ def make_engine(
     )
 
 
-class PermutedMNISTRun:
+class SeedRunParts(Protocol):
+    """What :class:`SeedRun`'s methods use of the run."""
+
+    logs: SeedLogs | None
+
+    @property
+    def command(self) -> str: ...
+    @property
+    def loss_tag(self) -> str: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def engine(self) -> BatchedLearner | PerSeedLearner: ...
+    @property
+    def checkpoints(self) -> CheckpointManager: ...
+    @property
+    def examples_done(self) -> int: ...
+    def log_step(self) -> int: ...
+    def checkpoint_state(self) -> dict[str, Any]: ...
+    def check_finite(self, losses: np.ndarray | None = None) -> None: ...
+    def report_status(self, *, force: bool = False, stopped_by: str | None = None) -> None: ...
+
+
+class SeedRun:
+    """What the many-seed runs (this one and ``regression``'s) do alike: the root and per-seed
+    logs, the check for non-finite values, the checkpoint's last entries. A mixin: its methods
+    use what :class:`SeedRunParts` lists."""
+
+    command = ""
+    """The command of its runs (the ``config.json`` key)."""
+    loss_tag = ""
+    """The tag of the per-seed losses :meth:`check_finite` is given."""
+    logs: SeedLogs | None
+
+    def open_logs(self: SeedRunParts, resume_positions: list[dict[str, Any]] | None = None) -> None:
+        """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint,
+        from :meth:`log_step`)."""
+        self.logs = SeedLogs(
+            self.run_dir,
+            {COMMAND_KEY: self.command, **to_jsonable(self.config)},
+            self.config.seed_list,
+            resume_step=None if resume_positions is None else self.log_step(),
+            resume_positions=resume_positions,
+        )
+
+    def close(self: SeedRunParts) -> None:
+        if self.logs is not None:
+            self.logs.close()
+
+    def check_finite(self: SeedRunParts, losses: np.ndarray | None = None) -> None:
+        """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight of any seed."""
+        check_finite_seeds(
+            self.engine,
+            self.config.seed_list,
+            losses,
+            tag=self.loss_tag,
+            step=self.examples_done,
+            last_checkpoint=self.checkpoints.last_step,
+            where=str(self.run_dir),
+        )
+
+    def save_checkpoint(self: SeedRunParts) -> None:
+        """Checkpoint :meth:`checkpoint_state`, where the logs stand and the RNG state at the
+        examples done (refused on a non-finite weight); then force the status."""
+        self.check_finite()
+        state = {
+            **self.checkpoint_state(),
+            "log_positions": [] if self.logs is None else self.logs.positions(),
+            "rng": capture_rng_state(),
+        }
+        self.checkpoints.save(self.examples_done, state)
+        self.report_status(force=True)
+
+
+def check_finite_seeds(
+    engine: BatchedLearner | PerSeedLearner,
+    seeds: list[int],
+    losses: np.ndarray | None,
+    *,
+    tag: str,
+    step: int,
+    last_checkpoint: int | None,
+    where: str,
+) -> None:
+    """Stop a many-seed run (``NonFiniteError``) on a non-finite ``losses`` value (one per seed,
+    named ``TAG, seed S``; ``None``: none to check) or a non-finite weight of the ``engine``."""
+    if losses is not None:
+        values = {f"{tag}, seed {s}": float(x) for s, x in zip(seeds, losses, strict=True)}
+        check_finite_losses(values, step=step, last_checkpoint=last_checkpoint, where=where)
+    tensors = {
+        f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
+        for i, t in enumerate(engine.parameters())
+    }
+    check_finite_weights(tensors, step=step, last_checkpoint=last_checkpoint, where=where)
+
+
+class PermutedMNISTRun(SeedRun):
     """The state of one run and its task loop. Use :func:`run` unless you need the pieces."""
+
+    command = COMMAND_NAME
+    loss_tag = "task/loss"
 
     def __init__(self, config: PermutedMNISTConfig, images: ImageSet, run_dir: Path) -> None:
         self.config = config
@@ -135,22 +236,13 @@ class PermutedMNISTRun:
     def examples_done(self) -> int:
         return self.task * self.config.examples_per_task + self.position
 
+    def log_step(self) -> int:
+        return self.task + 1
+
     def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
-        """Open the root and per-seed TensorBoard logs (resuming: cut back to the checkpoint)."""
-        step = None if resume_positions is None else self.task + 1
-        self.logs = SeedLogs(
-            self.run_dir,
-            {COMMAND_KEY: COMMAND_NAME, **to_jsonable(self.config)},
-            self.config.seed_list,
-            resume_step=step,
-            resume_positions=resume_positions,
-        )
+        super().open_logs(resume_positions)
         if resume_positions is not None and self.position > 0:
             self._log_measures(self.task)  # the resumed task's start measures were purged
-
-    def close(self) -> None:
-        if self.logs is not None:
-            self.logs.close()
 
     def _log(self, values: dict[str, np.ndarray], step: int) -> None:
         """Log ``{tag: [S] values}``: per seed, and their mean in the root log."""
@@ -197,18 +289,6 @@ class PermutedMNISTRun:
         measures = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         measures.update(weight_measures(self.engine.weights))
         return measures
-
-    def check_finite(self, losses: np.ndarray | None = None) -> None:
-        """Stop (``NonFiniteError``, nothing saved) on a non-finite loss or weight of any seed."""
-        check_finite_seeds(
-            self.engine,
-            self.config.seed_list,
-            losses,
-            tag="task/loss",
-            step=self.examples_done,
-            last_checkpoint=self.checkpoints.last_step,
-            where=str(self.run_dir),
-        )
 
     def finish_task(self) -> None:
         correct, loss_sum, examples = self.engine.take_totals()
@@ -292,10 +372,9 @@ class PermutedMNISTRun:
         return f"{float(self.engine.correct.double().mean()) / examples:.3f}"
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> None:
-        self.check_finite()
+    def checkpoint_state(self) -> dict[str, Any]:
         plan = self.plan
-        state = {
+        return {
             "config": to_jsonable(self.config),
             "data": self._data_identity(),
             "task": self.task,
@@ -307,11 +386,7 @@ class PermutedMNISTRun:
             "stream": self.stream.state_dict(),
             "results": self.results.state_dict(),
             "replaced_before": self.replaced_before,
-            "log_positions": [] if self.logs is None else self.logs.positions(),
-            "rng": capture_rng_state(),
         }
-        self.checkpoints.save(self.examples_done, state)
-        self.report_status(force=True)
 
     def _data_identity(self) -> dict[str, Any]:
         return {
@@ -355,37 +430,34 @@ def prepare(config: PermutedMNISTConfig, log: Log = stderr_log) -> PermutedMNIST
         what=f"{config.seeds} seed(s) of {config.network.depth} x {config.network.width} units",
         fix="choose a smaller --width or fewer --seeds",
     )
-    if config.run.resume is None:
-        run_dir = fresh_run_dir(config.run.run_dir, command=COMMAND_NAME, label=config.label())
-        images = _load_images(config, log)
-        experiment = PermutedMNISTRun(config, images, run_dir)
-        experiment.open_logs()
-        return experiment
-    resumed = open_resumed(
-        config.run.resume,
+
+    def check(resumed: Resumed) -> None:
+        total, done = budget(config), int(resumed.state["step"])
+        if total < done:
+            raise ValueError(
+                f"--tasks {config.tasks} is fewer than the tasks the run has already done "
+                f"({done // config.examples_per_task}); give at least as many"
+            )
+        refuse_finished(
+            resumed.run_dir, done=done, total=total, command=COMMAND_NAME, flag="--tasks"
+        )
+
+    experiment, positions = open_run(
+        config.run,
+        lambda run_dir: PermutedMNISTRun(config, _load_images(config, log), run_dir),
         command=COMMAND_NAME,
+        label=config.label(),
         saved_config=to_jsonable(config),
         resumable=RESUMABLE_CHANGES,
         every=config.checkpoint_interval,
-        fallback=config.run.resume_fallback,
+        check=check,
     )
-    run_dir, manager, state = resumed.run_dir, resumed.checkpoints, resumed.state
-    total, done = budget(config), int(state["step"])
-    if total < done:
-        raise ValueError(
-            f"--tasks {config.tasks} is fewer than the tasks the run has already done "
-            f"({done // config.examples_per_task}); give at least as many"
-        )
-    refuse_finished(run_dir, done=done, total=total, command=COMMAND_NAME, flag="--tasks")
-    experiment = PermutedMNISTRun(config, _load_images(config, log), run_dir)
-    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
-    positions = experiment.restore(state)
-    experiment.checkpoints.last_step = done
     experiment.open_logs(positions)
-    log(
-        f"resuming {run_dir} at task {experiment.task + 1}, example "
-        f"{experiment.position:,} of {config.examples_per_task:,}"
-    )
+    if config.run.resume is not None:
+        log(
+            f"resuming {experiment.run_dir} at task {experiment.task + 1}, example "
+            f"{experiment.position:,} of {config.examples_per_task:,}"
+        )
     return experiment
 
 
@@ -409,28 +481,6 @@ def estimated_memory(config: PermutedMNISTConfig) -> int:
     chunk = CHUNK_STEPS * config.batch_size * (pixels + depth * width)
     probe = min(config.measures.probe_examples, config.examples_per_task) * width * depth
     return config.seeds * 4 * (4 * weights + 2 * chunk) + 4 * min(probe, PROBE_BYTES)
-
-
-def check_finite_seeds(
-    engine: BatchedLearner | PerSeedLearner,
-    seeds: list[int],
-    losses: np.ndarray | None,
-    *,
-    tag: str,
-    step: int,
-    last_checkpoint: int | None,
-    where: str,
-) -> None:
-    """Stop a many-seed run (``NonFiniteError``) on a non-finite ``losses`` value (one per seed,
-    named ``TAG, seed S``; ``None``: none to check) or a non-finite weight of the ``engine``."""
-    if losses is not None:
-        values = {f"{tag}, seed {s}": float(x) for s, x in zip(seeds, losses, strict=True)}
-        check_finite_losses(values, step=step, last_checkpoint=last_checkpoint, where=where)
-    tensors = {
-        f"layer {i // 2} {'weight' if i % 2 == 0 else 'bias'}": t
-        for i, t in enumerate(engine.parameters())
-    }
-    check_finite_weights(tensors, step=step, last_checkpoint=last_checkpoint, where=where)
 
 
 def run(
@@ -488,6 +538,8 @@ def train(
 __all__ = [
     "PermutedMNISTRun",
     "RunSummary",
+    "SeedRun",
+    "SeedRunParts",
     "check_finite_seeds",
     "estimated_memory",
     "prepare",

@@ -44,9 +44,9 @@ from cbp_rl.run.command import Command, Cost, Measure
 from cbp_rl.run.conventions import finite_floats
 from cbp_rl.run.runtime import resolve_device
 from cbp_rl.run.seeding import derive_seed
+from cbp_rl.supervised.command import command_main, parse_config, seed_fields
 from cbp_rl.supervised.conv_learner import (
     LAYER_MEASURES,
-    ConvLearner,
     SGDConfig,
     StepResult,
     hidden_layer_activations,
@@ -58,9 +58,9 @@ from cbp_rl.supervised.conv_run import (
     RunSummary,
     TaskEpochRun,
     check_conv_flags,
-    command_main,
-    parse_config,
+    make_learner,
     prepare,
+    run_loop,
     run_prepared,
 )
 from cbp_rl.supervised.images import (
@@ -227,13 +227,7 @@ class ContinualImageNetRun(TaskEpochRun):
         self.layers = list(find_hidden_layers(self.net).hidden)
         if len(self.layers) != HIDDEN_LAYERS:
             raise RuntimeError(f"expected {HIDDEN_LAYERS} hidden layers, found {len(self.layers)}")
-        self.learner = ConvLearner(
-            self.net,
-            config.sgd(),
-            noise_seed=derive_seed(config.seed, "noise"),
-            cbp=config.cbp.to_cbp_config() if config.learner == "cbp" else None,
-            cbp_seed=derive_seed(config.seed, "cbp"),
-        )
+        self.learner = make_learner(self.net, config)
         self.results = ConvResults.empty(
             NAME, self._shapes(config), class_names=[f.name for f in files]
         )
@@ -266,14 +260,8 @@ class ContinualImageNetRun(TaskEpochRun):
         return shapes
 
     # ------------------------------------------------------------- sizes
-    def num_tasks(self) -> int:
-        return int(self.config.tasks)
-
     def epochs_per_task(self) -> int:
         return int(self.config.epochs)
-
-    def batch_size(self) -> int:
-        return int(self.config.batch_size)
 
     def train_size(self, task: int) -> int:
         return int(self.config.train_per_class * self.config.classes_per_task)
@@ -425,12 +413,12 @@ def run(config: ContinualImageNetConfig, *, stop_at_steps: int | None = None) ->
 
 
 def parse(argv: Sequence[str]) -> ContinualImageNetConfig:
-    return parse_config(ContinualImageNetConfig, argv, command=NAME)
+    return parse_config(ContinualImageNetConfig, argv, NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cbp_rl.train continual-imagenet``; returns the exit code."""
-    return command_main(NAME, parse, prepare_run, argv)
+    return command_main(NAME, parse, prepare_run, run_loop, argv)
 
 
 def cost(config: ContinualImageNetConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -455,10 +443,9 @@ COMMAND = Command(
     unit="epochs",
     budget=lambda config: int(config.tasks * config.epochs),
     budget_flags=("--tasks",),
-    reserved=("seed", "run-dir", "resume", "resume-fallback"),
-    seed_flags=lambda seeds: ["--seed", str(seeds[0])],
     resume_flags=lambda config: ["--tasks", str(config.tasks), "--resume-fallback"],
     cost=cost,
+    **seed_fields(many_seeds=False),
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 

@@ -17,13 +17,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cbp_rl.run import conventions
 from cbp_rl.run.command import Command, Cost, Measure
-from cbp_rl.run.conventions import stop_exit_code
-from cbp_rl.run.runtime import torch_threads
-from cbp_rl.supervised.command import load_saved_config, parse_config
+from cbp_rl.supervised.command import (
+    command_main,
+    load_saved_config,
+    parse_config,
+    seed_fields,
+)
 from cbp_rl.supervised.regression_config import RegressionConfig
-from cbp_rl.supervised.regression_run import NAME, RegressionRun, prepare, train
+from cbp_rl.supervised.regression_run import NAME, prepare, train
 
 
 def saved_config(run_dir: Path) -> RegressionConfig:
@@ -36,17 +38,9 @@ def parse(argv: Sequence[str]) -> RegressionConfig:
     return parse_config(RegressionConfig, argv, NAME)
 
 
-def execute(experiment: RegressionRun) -> int:
-    """Train; 0 when done, 130/143 when stopped by SIGINT/SIGTERM (after a checkpoint)."""
-    with torch_threads(experiment.config.run.threads):
-        summary = train(experiment)
-    return stop_exit_code(summary.stopped_by)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (:mod:`cbp_rl.run.conventions`'s convention)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return conventions.run_command(f"train {NAME}", lambda: parse(args), prepare, execute)
+    return command_main(NAME, parse, prepare, train, argv)
 
 
 def cost(config: RegressionConfig, total: int, units: int | None, measure: Measure) -> Cost:
@@ -70,11 +64,9 @@ COMMAND = Command(
     unit="examples",
     budget=lambda config: int(config.examples),
     budget_flags=("--examples",),
-    reserved=("seed", "seeds", "run-dir", "resume", "resume-fallback"),
-    seed_flags=lambda seeds: ["--seed", str(seeds[0]), "--seeds", str(len(seeds))],
     resume_flags=lambda config: ["--examples", str(config.examples), "--resume-fallback"],
     cost=cost,
-    batches_seeds=True,
+    **seed_fields(many_seeds=True),
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``plot`` see it."""
 

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from cbp_rl.cbp import CBPConfig, UtilityName
+from cbp_rl.run.cbp_flags import to_cbp_config
 from cbp_rl.run.conventions import check_at_least, check_choice, check_run_flags, finite_floats
 from cbp_rl.supervised.autograd import (
     AUTOGRAD_METHODS,
     HIDDEN_LAYER_METHODS,
+    AutogradMethodName,
     FieldMethodsConfig,
     MethodSpec,
 )
@@ -28,15 +30,7 @@ LearnerName = Literal[
     "l2",
     "snp",
     "cbp",
-    # the per-seed autograd path (cbp_rl.supervised.autograd), as in train pmnist
-    "l2init",
-    "crelu",
-    "layernorm",
-    "injection",
-    "reset",
-    "regrama",
-    "parseval",
-    "upgd",
+    AutogradMethodName,  # the per-seed autograd path (cbp_rl.supervised.autograd), as in pmnist
 ]
 LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
 ActivationName = Literal["linear", "relu", "tanh", "sigmoid", "elu", "leaky_relu", "swish"]
@@ -150,14 +144,7 @@ class CBPLearnerConfig:
     """Distribution of replaced units' new incoming weights."""
 
     def to_cbp_config(self) -> CBPConfig:
-        return CBPConfig(
-            replacement_rate=self.replacement_rate,
-            maturity_threshold=self.maturity_threshold,
-            decay_rate=self.decay_rate,
-            utility=self.utility,
-            init=self.cbp_init,
-            accumulate=self.accumulate,
-        )
+        return to_cbp_config(self)
 
 
 @finite_floats

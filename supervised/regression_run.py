@@ -27,7 +27,6 @@ import numpy as np
 
 from cbp_rl.run.checkpoint import (
     CheckpointManager,
-    capture_rng_state,
     restore_torch_generator,
     to_jsonable,
     torch_generator_state,
@@ -36,12 +35,12 @@ from cbp_rl.run.conventions import (
     COMMAND_KEY,
     refuse_finished,
 )
-from cbp_rl.run.lifecycle import Log, fresh_run_dir, open_resumed, stderr_log, train_to_limit
+from cbp_rl.run.lifecycle import Log, Resumed, open_run, stderr_log, train_to_limit
 from cbp_rl.run.logging import RunStatusWriter
 from cbp_rl.run.rundir import claims_released
 from cbp_rl.run.runtime import GracefulStop, Progress, resolve_device, torch_threads
 from cbp_rl.supervised.autograd import make_learner
-from cbp_rl.supervised.experiment import check_finite_seeds
+from cbp_rl.supervised.experiment import SeedRun
 from cbp_rl.supervised.measures import unit_measures, weight_measures
 from cbp_rl.supervised.regression_config import RESUMABLE_CHANGES, RegressionConfig
 from cbp_rl.supervised.regression_problem import SlowlyChangingInputs, TargetNetwork
@@ -74,8 +73,11 @@ class RunSummary:
     """The signal that stopped the run (``None``: it ended by itself or at ``stop_at_examples``)."""
 
 
-class RegressionRun:
+class RegressionRun(SeedRun):
     """The state of one run and its loop. Use :func:`run` unless you need the pieces."""
+
+    command = NAME
+    loss_tag = "bin/error"
 
     def __init__(self, config: RegressionConfig, run_dir: Path) -> None:
         self.config = config
@@ -104,19 +106,8 @@ class RegressionRun:
         )
 
     # ------------------------------------------------------------------ logs
-    def open_logs(self, resume_positions: list[dict[str, Any]] | None = None) -> None:
-        step = None if resume_positions is None else self.examples_done + 1
-        self.logs = SeedLogs(
-            self.run_dir,
-            config_json(self.config),
-            self.config.seed_list,
-            resume_step=step,
-            resume_positions=resume_positions,
-        )
-
-    def close(self) -> None:
-        if self.logs is not None:
-            self.logs.close()
+    def log_step(self) -> int:
+        return self.examples_done + 1
 
     # ------------------------------------------------------------------ the loop
     def train_until(self, limit: int, stop: GracefulStop, progress: Progress) -> None:
@@ -205,22 +196,9 @@ class RegressionRun:
             bins=done,
         )
 
-    def check_finite(self, errors: np.ndarray | None = None) -> None:
-        """Stop (``NonFiniteError``, nothing saved) on a non-finite error or weight of any seed."""
-        check_finite_seeds(
-            self.engine,
-            self.config.seed_list,
-            errors,
-            tag="bin/error",
-            step=self.examples_done,
-            last_checkpoint=self.checkpoints.last_step,
-            where=str(self.run_dir),
-        )
-
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> None:
-        self.check_finite()
-        state = {
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
             "config": config_json(self.config),
             "examples_done": self.examples_done,
             "engine": self.engine.state_dict(),
@@ -228,11 +206,7 @@ class RegressionRun:
             "probe": [torch_generator_state(g) for g in self.probe_generators],
             "results": self.results.state_dict(),
             "replaced_before": self.replaced_before,
-            "log_positions": [] if self.logs is None else self.logs.positions(),
-            "rng": capture_rng_state(),
         }
-        self.checkpoints.save(self.examples_done, state)
-        self.report_status(force=True)
 
     def restore(self, state: dict[str, Any]) -> list[dict[str, Any]]:
         """Load a checkpoint's state; returns the log positions to resume the logs from."""
@@ -251,34 +225,31 @@ class RegressionRun:
 def prepare(config: RegressionConfig, log: Log = stderr_log) -> RegressionRun:
     """Claim the run directory (:func:`~cbp_rl.run.rundir.claim_run_dir`), check a resumed
     run's checkpoint and build (or restore) the run and its logs."""
-    if config.run.resume is None:
-        experiment = RegressionRun(
-            config, fresh_run_dir(config.run.run_dir, command=NAME, label=config.label())
+
+    def check(resumed: Resumed) -> None:
+        done = int(resumed.state["step"])
+        if config.examples < done:
+            raise ValueError(
+                f"--examples {config.examples} is fewer than the run has already done "
+                f"({done}); give at least as many"
+            )
+        refuse_finished(
+            resumed.run_dir, done=done, total=config.examples, command=NAME, flag="--examples"
         )
-        experiment.open_logs()
-        return experiment
-    resumed = open_resumed(
-        config.run.resume,
+
+    experiment, positions = open_run(
+        config.run,
+        lambda run_dir: RegressionRun(config, run_dir),
         command=NAME,
+        label=config.label(),
         saved_config=config_json(config),
         resumable=RESUMABLE_CHANGES,
         every=config.run.checkpoint_every,
-        fallback=config.run.resume_fallback,
+        check=check,
     )
-    run_dir, manager, state = resumed.run_dir, resumed.checkpoints, resumed.state
-    done = int(state["step"])
-    if config.examples < done:
-        raise ValueError(
-            f"--examples {config.examples} is fewer than the run has already done "
-            f"({done}); give at least as many"
-        )
-    refuse_finished(run_dir, done=done, total=config.examples, command=NAME, flag="--examples")
-    experiment = RegressionRun(config, run_dir)
-    experiment.checkpoints = manager  # it remembers a latest checkpoint found unreadable
-    positions = experiment.restore(state)
-    experiment.checkpoints.last_step = done
     experiment.open_logs(positions)
-    log(f"resuming {run_dir} at example {experiment.examples_done:,}")
+    if config.run.resume is not None:
+        log(f"resuming {experiment.run_dir} at example {experiment.examples_done:,}")
     return experiment
 
 

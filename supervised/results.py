@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,35 @@ _PER_TASK = ("accuracy", "loss", "weight_magnitude_all")
 _PER_LAYER = ("dead_units", "effective_rank", "rank99", "replacements")
 
 
-class RunResults:
+class _SeedResults(ABC):
+    """Per-seed arrays of a many-seed run: ``results.npz`` and the checkpoint's copy hold the
+    seeds, the counters of ``_counters()`` and the arrays."""
+
+    seeds: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @abstractmethod
+    def _counters(self) -> dict[str, int]:
+        """The counters saved beside the arrays, by name."""
+
+    def to_npz_dict(self) -> dict[str, np.ndarray]:
+        counters = {name: np.asarray(value) for name, value in self._counters().items()}
+        return {"seeds": self.seeds, **counters, **self.arrays}
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        """Write ``run_dir/results.npz`` atomically; returns its path."""
+        return save_npz(run_dir, self.to_npz_dict())
+
+    def state_dict(self) -> dict[str, object]:
+        """For checkpoints: tensors and numbers only."""
+        return {
+            "seeds": self.seeds.tolist(),
+            **self._counters(),
+            "arrays": {name: torch.from_numpy(a.copy()) for name, a in self.arrays.items()},
+        }
+
+
+class RunResults(_SeedResults):
     """Per-seed, per-task results of one run, kept in memory and written to ``results.npz``."""
 
     def __init__(
@@ -88,26 +117,8 @@ class RunResults:
         names = ("dead_units", "effective_rank", "rank99", "weight_magnitude")
         return {name: self.arrays[name][:, task] for name in (*names, "weight_magnitude_all")}
 
-    def to_npz_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "seeds": self.seeds,
-            "tasks_done": np.asarray(self.tasks_done),
-            "examples_per_task": np.asarray(self.examples_per_task),
-            **self.arrays,
-        }
-
-    def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        """Write ``run_dir/results.npz`` atomically; returns its path."""
-        return save_npz(run_dir, self.to_npz_dict())
-
-    def state_dict(self) -> dict[str, object]:
-        """For checkpoints: tensors and numbers only."""
-        return {
-            "seeds": self.seeds.tolist(),
-            "tasks_done": self.tasks_done,
-            "examples_per_task": self.examples_per_task,
-            "arrays": {name: torch.from_numpy(a.copy()) for name, a in self.arrays.items()},
-        }
+    def _counters(self) -> dict[str, int]:
+        return {"tasks_done": self.tasks_done, "examples_per_task": self.examples_per_task}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, object]) -> RunResults:
@@ -132,7 +143,7 @@ def save_npz(run_dir: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) 
     return path
 
 
-class BinnedResults:
+class BinnedResults(_SeedResults):
     """Per-seed, per-bin results of a run over one example stream (slowly-changing regression),
     written to ``results.npz``:
 
@@ -188,26 +199,8 @@ class BinnedResults:
             self.arrays[name][:, index] = value
         self.bins_done = index + 1
 
-    def to_npz_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "seeds": self.seeds,
-            "bins_done": np.asarray(self.bins_done),
-            "bin_size": np.asarray(self.bin_size),
-            **self.arrays,
-        }
-
-    def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        """Write ``run_dir/results.npz`` atomically; returns its path."""
-        return save_npz(run_dir, self.to_npz_dict())
-
-    def state_dict(self) -> dict[str, object]:
-        """For checkpoints: tensors and numbers only."""
-        return {
-            "seeds": self.seeds.tolist(),
-            "bins_done": self.bins_done,
-            "bin_size": self.bin_size,
-            "arrays": {name: torch.from_numpy(a.copy()) for name, a in self.arrays.items()},
-        }
+    def _counters(self) -> dict[str, int]:
+        return {"bins_done": self.bins_done, "bin_size": self.bin_size}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> BinnedResults:

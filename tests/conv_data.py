@@ -7,6 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+IMAGENET_FLAGS = [
+    "--epochs", "2", "--train-per-class", "20", "--test-per-class", "10", "--batch-size", "10",
+    "--no-progress", "--threads", "1",
+]  # fmt: skip
+"""A tiny ``continual-imagenet`` run on :func:`write_imagenet_classes`' files."""
+CIFAR_FLAGS = [
+    "--no-verify-data", "--no-download", "--first-classes", "2", "--classes-per-task", "2",
+    "--total-classes", "4", "--train-per-class", "2", "--validation-per-class", "1",
+    "--batch-size", "4", "--no-progress", "--threads", "1",
+]  # fmt: skip
+"""A tiny ``incremental-cifar`` run (2 tasks of 2 classes) on :func:`write_cifar100`'s files
+with ``train_per_class=3``."""
+
 
 def write_imagenet_classes(
     directory: Path,

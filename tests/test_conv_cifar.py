@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conv_data import write_cifar100
+from conv_data import CIFAR_FLAGS, write_cifar100
 
 from cbp_rl.lab.plot import load_run
 from cbp_rl.run.logging import read_scalars
@@ -26,11 +26,7 @@ from cbp_rl.supervised.conv_run import load_conv_results
 from cbp_rl.supervised.images import load_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--no-verify-data", "--no-download", "--first-classes", "2", "--classes-per-task", "2",
-    "--total-classes", "4", "--epochs-per-task", "1", "--train-per-class", "2",
-    "--validation-per-class", "1", "--batch-size", "4", "--no-progress", "--threads", "1",
-]  # fmt: skip
+TINY = [*CIFAR_FLAGS, "--epochs-per-task", "1"]
 
 
 @pytest.fixture(scope="module")

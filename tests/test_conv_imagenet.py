@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conv_data import write_imagenet_classes
+from conv_data import IMAGENET_FLAGS, write_imagenet_classes
 
 from cbp_rl.lab.plot import main as plot_main
 from cbp_rl.run.checkpoint import load_checkpoint
@@ -29,10 +29,7 @@ from cbp_rl.supervised.imagenet import (
 from cbp_rl.supervised.images import find_class_files
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--tasks", "3", "--epochs", "2", "--train-per-class", "20", "--test-per-class", "10",
-    "--batch-size", "10", "--probe-examples", "40", "--no-progress", "--threads", "1",
-]  # fmt: skip
+TINY = ["--tasks", "3", *IMAGENET_FLAGS, "--probe-examples", "40"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import test_faults
-from conv_data import write_cifar100, write_imagenet_classes
+from conv_data import CIFAR_FLAGS, IMAGENET_FLAGS, write_cifar100, write_imagenet_classes
 from test_faults import (
     Result,
     checkpoint_step,
@@ -35,15 +35,8 @@ from cbp_rl.run.checkpoint import load_checkpoint
 cli = test_faults.cli  # the fixture: a command run in this process
 
 REGRESSION = ["--seeds", "1", "--bin-size", "500", "--probe-examples", "50", "--no-progress"]
-IMAGENET = [
-    "--epochs", "2", "--train-per-class", "20", "--test-per-class", "10", "--batch-size", "10",
-    "--measure-every", "0", "--no-progress", "--threads", "1",
-]  # fmt: skip
-CIFAR = [
-    "--no-verify-data", "--no-download", "--first-classes", "2", "--classes-per-task", "2",
-    "--total-classes", "4", "--train-per-class", "2", "--validation-per-class", "1",
-    "--batch-size", "4", "--measure-every", "0", "--no-progress", "--threads", "1",
-]  # fmt: skip
+IMAGENET = [*IMAGENET_FLAGS, "--measure-every", "0"]
+CIFAR = [*CIFAR_FLAGS, "--measure-every", "0"]
 
 
 @pytest.fixture(scope="module")

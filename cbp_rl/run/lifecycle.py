@@ -3,13 +3,12 @@ its end, a limit or a stop signal, leaving a checkpoint, ``status.json`` and its
 
 The steps the supervised commands (``pmnist``, ``regression``, the conv suites) take alike::
 
-    if config.run.resume is None:
-        run = make(fresh_run_dir(config.run.run_dir, command="mine", label=config.label()))
-    else:
-        resumed = open_resumed(config.run.resume, command="mine", saved_config=..., ...)
-        run = make(resumed.run_dir)
-        ...                                   # restore resumed.state
+    run, position = open_run(config.run, make, command="mine", label=..., saved_config=..., ...)
+    run.open_logs(position)                   # position None: a fresh run
     signal = train_to_limit(run, done=lambda: run.steps_done, total=..., limit=..., ...)
+
+:func:`open_run` is :func:`fresh_run_dir` for a new run, else :func:`open_resumed` and the
+run's ``restore`` of the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cbp_rl.run.checkpoint import CheckpointManager, check_compatible
 from cbp_rl.run.conventions import UsageError
@@ -29,10 +28,13 @@ from cbp_rl.run.runtime import GracefulStop, Progress, new_run_dir
 
 __all__ = [
     "Log",
+    "Restorable",
     "Resumed",
+    "RunFlags",
     "SteppedRun",
     "fresh_run_dir",
     "open_resumed",
+    "open_run",
     "refuse_held_run_dir",
     "stderr_log",
     "train_to_limit",
@@ -106,6 +108,62 @@ def open_resumed(
     assert state is not None
     check_compatible(state["config"], saved_config, ignore=resumable, path=manager.path)
     return Resumed(run_dir, manager, state)
+
+
+class RunFlags(Protocol):
+    """The run-directory flags :func:`open_run` reads (a command's ``config.run``)."""
+
+    @property
+    def run_dir(self) -> Path | None: ...
+    @property
+    def resume(self) -> Path | None: ...
+    @property
+    def resume_fallback(self) -> bool: ...
+
+
+class Restorable(Protocol):
+    """A run :func:`open_run` can reopen: its checkpoints, and ``restore`` of a checkpoint's
+    state, which returns where its logs stand."""
+
+    checkpoints: CheckpointManager
+
+    def restore(self, state: dict[str, Any]) -> Any: ...
+
+
+R = TypeVar("R", bound=Restorable)
+
+
+def open_run(
+    flags: RunFlags,
+    make: Callable[[Path], R],
+    *,
+    command: str,
+    label: str,
+    saved_config: Mapping[str, Any],
+    resumable: Iterable[str],
+    every: int = 0,
+    check: Callable[[Resumed], None] | None = None,
+) -> tuple[R, Any]:
+    """``make`` the run in a fresh directory (:func:`fresh_run_dir`), or in the one
+    ``flags.resume`` names (:func:`open_resumed`; ``check`` may refuse it first) restored from
+    its checkpoint. Returns the run and where its logs stand (``None`` for a fresh run)."""
+    if flags.resume is None:
+        return make(fresh_run_dir(flags.run_dir, command=command, label=label)), None
+    resumed = open_resumed(
+        flags.resume,
+        command=command,
+        saved_config=saved_config,
+        resumable=resumable,
+        every=every,
+        fallback=flags.resume_fallback,
+    )
+    if check is not None:
+        check(resumed)
+    run = make(resumed.run_dir)
+    run.checkpoints = resumed.checkpoints  # it remembers a latest checkpoint found unreadable
+    position = run.restore(resumed.state)
+    run.checkpoints.last_step = int(resumed.state["step"])
+    return run, position
 
 
 class _Saves(Protocol):
