@@ -154,3 +154,22 @@ def training_state(run_dir: Path) -> dict[str, Any]:
     for snapshot in state["env"]["snapshots"]:
         snapshot.pop("mujoco_data")
     return {"step": state["step"], "agent": state["agent"], "env": state["env"]}
+
+
+def tiny_ppo_sweep_spec(*, seeds: int, total_steps: int, settings: str) -> str:
+    """A sweep spec of tiny PPO runs on Hopper-v4 (16-16 networks, 256-step batches, one epoch)."""
+    return f"""
+command = "ppo"
+seeds = {seeds}
+[base]
+env = "Hopper-v4"
+num-envs = 2
+batch-size = 256
+num-minibatches = 4
+update-epochs = 1
+hidden-sizes = [16, 16]
+total-steps = {total_steps}
+plasticity-every = 512
+probe-size = 64
+progress = false
+{settings}"""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import same
+from helpers import same, tiny_ppo_sweep_spec
 
 from cbp_rl.lab import plot
 from cbp_rl.lab import sweep as sweep_module
@@ -367,23 +367,13 @@ def test_a_ppo_sweep_reports_returns_and_plots_curves_and_plasticity(
     mean of the last 10 episodes), and the return and plasticity figures of the folder."""
     spec = tmp_path / "ppo.toml"
     spec.write_text(
-        """
-command = "ppo"
-seeds = 2
-[base]
-env = "Hopper-v4"
-num-envs = 2
-batch-size = 256
-num-minibatches = 4
-update-epochs = 1
-hidden-sizes = [16, 16]
-total-steps = 1024
-plasticity-every = 512
-probe-size = 64
-progress = false
-[settings.cbp]
+        tiny_ppo_sweep_spec(
+            seeds=2,
+            total_steps=1024,
+            settings="""[settings.cbp]
 preset = "cbp"
 """,
+        ),
         encoding="utf-8",
     )
     out = tmp_path / "sweep"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_ppo_sweep_spec
 
 from cbp_rl.lab.sweep import main, run_states
 from cbp_rl.run.checkpoint import load_checkpoint
@@ -88,26 +89,16 @@ def test_a_ppo_sweep_with_l2_init_and_parseval(tmp_path: Path) -> None:
     """Real MuJoCo: a tiny PPO on Hopper-v4 per setting; the penalties are logged."""
     spec = tmp_path / "ppo.toml"
     spec.write_text(
-        """
-command = "ppo"
-seeds = 1
-[base]
-env = "Hopper-v4"
-num-envs = 2
-batch-size = 256
-num-minibatches = 4
-update-epochs = 1
-hidden-sizes = [16, 16]
-total-steps = 512
-plasticity-every = 512
-probe-size = 64
-progress = false
-[settings.l2init]
+        tiny_ppo_sweep_spec(
+            seeds=1,
+            total_steps=512,
+            settings="""[settings.l2init]
 l2-init = 0.01
 [settings.parseval]
 parseval = 0.001
 layer-norm = true
 """,
+        ),
         encoding="utf-8",
     )
     assert main(["validate", str(spec)]) == 0
