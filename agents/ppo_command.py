@@ -102,9 +102,7 @@ def build_agent(context: AgentContext) -> PPOAgent:
 
 
 PARTS = RLCommandParts(ALGORITHM, PPOConfig, PRESETS, DESCRIPTION, build_agent, RESUME_IGNORE)
-parse = PARTS.parse
 prepare = PARTS.prepare
-main = PARTS.main
 
 
 def load_policy(
@@ -147,3 +145,5 @@ COMMAND = PARTS.command(
     load_policy,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""
+parse = COMMAND.parse
+main = COMMAND.main

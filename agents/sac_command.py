@@ -77,9 +77,7 @@ def build_agent(context: AgentContext) -> SACAgent:
 PARTS = RLCommandParts(
     ALGORITHM, SACConfig, PRESETS, DESCRIPTION, build_agent, RESUME_IGNORE, network_count=5
 )
-parse = PARTS.parse
 prepare = PARTS.prepare
-main = PARTS.main
 
 
 def load_policy(
@@ -119,3 +117,5 @@ COMMAND = PARTS.command(
     load_policy,
 )
 """This command, as ``python -m cbp_rl.train``, the sweeps and ``evaluate`` see it."""
+parse = COMMAND.parse
+main = COMMAND.main
