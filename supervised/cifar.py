@@ -436,12 +436,17 @@ class IncrementalCifarRun(TaskEpochRun):
         every = config.measure_every
         if every and self.task % every == 0:
             self._measure()
-        if self.task > 0 and config.learner == "head_reset":
-            reference_init_(self.net.fc)
-        if self.task > 0 and config.learner == "retrain":
-            reference_init_(self.net)
+        if self.task > 0 and config.learner in ("head_reset", "retrain"):
+            self._reinitialize(self.net.fc if config.learner == "head_reset" else self.net)
         self.best = None
         self.replaced_before = self.learner.replacements()
+
+    def _reinitialize(self, module: nn.Module) -> None:
+        """The reference's init of ``module``, drawn from the run's seed and the task alone, so
+        that a run (and a resumed one) redraws the same weights whatever ran before."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.config.seed, f"reset-{self.task}"))
+            reference_init_(module)
 
     def _measure(self) -> None:
         new = self.config.first_classes if self.task == 0 else self.config.classes_per_task

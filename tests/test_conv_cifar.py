@@ -91,6 +91,10 @@ def test_task_start_resets_and_early_stopping(cifar: Path, tmp_path: Path) -> No
         assert not torch.equal(fc, made.net.fc.weight)  # the head is new in both
         changed = not torch.equal(conv, made.net.layer1[0].conv1.weight)
         assert changed == (made is retrain)
+        drawn = made.net.fc.weight.clone()
+        torch.rand(100)  # the global generator moves; the task's reset draws stay the same
+        made.start_task()
+        assert torch.equal(drawn, made.net.fc.weight)
         made.close()
     # early stopping: the task ends with its best-validation weights
     made = experiment(cifar, tmp_path / "e")
