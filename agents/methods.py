@@ -16,12 +16,12 @@ and plasticity injection stepped in :meth:`PlasticityMethods.after_update` after
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig
+from cbp_rl.agents.config import FieldMethodsConfig, MethodsConfig, NetworkConfig
 from cbp_rl.agents.networks import replacement_init
 from cbp_rl.cbp import ContinualBackprop
 from cbp_rl.methods import (
@@ -36,7 +36,21 @@ from cbp_rl.methods import (
 )
 from cbp_rl.run.seeding import derive_seed
 
-__all__ = ["PAPER_CBP", "PlasticityMethods"]
+__all__ = ["PAPER_CBP", "MethodsOfRun", "PlasticityMethods"]
+
+
+class MethodsOfRun(Protocol):
+    """What :meth:`PlasticityMethods.of_run` reads of a run's config (PPO's and SAC's have it)."""
+
+    @property
+    def methods(self) -> MethodsConfig: ...
+
+    @property
+    def field_methods(self) -> FieldMethodsConfig: ...
+
+    @property
+    def network(self) -> NetworkConfig: ...
+
 
 PAPER_CBP = MethodsConfig(
     cbp=True,
@@ -125,7 +139,7 @@ class PlasticityMethods(nn.Module):
         cls,
         networks: Mapping[str, nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
-        config: Any,
+        config: MethodsOfRun,
         seed: int,
     ) -> PlasticityMethods:
         """The methods a run's ``config`` asks for (its ``methods``, ``field_methods`` and
