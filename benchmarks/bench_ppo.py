@@ -9,6 +9,9 @@ Measures, in alternating rounds in one process so machine noise hits all alike:
 
 - ``raw``: the same vectorized env (the paper's Ant-v4, 8 sub-envs, the default vectorizer)
   stepped with random actions, no learning;
+- ``replay``: the actions PPO + CBP stepped in the round, replayed from the same reset on the
+  raw env: the same simulation without the learner (its speed depends on the trajectory:
+  contacts, falls and resets);
 - ``cbp``: the paper's Ant CBP configuration end to end (rollouts, GAE, 10 epochs x 16
   minibatch updates of both 256-256 networks with CBP after each, plasticity probes every
   20,480 steps as in a default run);
@@ -19,11 +22,13 @@ Measures, in alternating rounds in one process so machine noise hits all alike:
   ``benchmarks/reference_ppo.py`` (its per-step loop, its update, its generate-and-test step).
 
 Prints env-steps/s (median over rounds), the ratio to the raw env, the learner's share of the
-time (updates and probes), and the CBP overhead; and the goals beside their figures: PPO + CBP at
-least 0.75x the raw vectorized env of the same backend (``--vector-mode sync``, ``envpool`` or the
-default), and at least 3x the reference's env-steps/s on the default backend, both timed in the
-same rounds. ``--variants cbp`` times PPO + CBP alone (shorter runs); ``--reference-sps`` then
-divides by a figure measured elsewhere instead.
+time (updates and probes), the share spent inside the env's ``step``, and the CBP overhead; and
+the goals beside their figures: PPO + CBP at least 0.75x the raw vectorized env of the same
+backend (``--vector-mode sync``, ``envpool`` or the default; also printed against the replay),
+and at least 3x the reference's env-steps/s on the default backend, both timed in the same
+rounds, each beside its bound: PPO without CBP in the same rounds (CBP at no cost; the exact
+semantics cannot run faster than no CBP). ``--variants cbp`` times PPO + CBP alone (shorter
+runs); ``--reference-sps`` then divides by a figure measured elsewhere instead.
 """
 
 from __future__ import annotations
@@ -49,18 +54,45 @@ GOAL_VS_RAW = 0.75
 GOAL_VS_REFERENCE = 3.0
 
 
+class RecordingEnvs:
+    """A vectorized env as the agent sees it, keeping the time spent in ``step`` and the actions
+    stepped (to replay them on the raw env: the same simulation without the learner)."""
+
+    def __init__(self, envs: Any) -> None:
+        self.envs = envs
+        self.seconds = 0.0
+        self.actions: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.envs, name)
+
+    def step(self, actions: np.ndarray) -> Any:
+        self.actions.append(np.array(actions, copy=True))
+        started = time.perf_counter()
+        try:
+            return self.envs.step(actions)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def forget(self) -> None:
+        self.seconds, self.actions = 0.0, []
+
+
 class Learner:
     """An agent, its plasticity probes and its time accounts."""
 
     def __init__(self, name: str, config: PPOConfig, envs: Any, description: Any) -> None:
         self.name = name
-        self.agent = PPOAgent(AgentContext(config, envs, description, torch.device("cpu"), 1))
+        self.envs = RecordingEnvs(envs)
+        context = AgentContext(config, self.envs, description, torch.device("cpu"), 1)
+        self.agent = PPOAgent(context)
         self.monitor = PlasticityMonitor(self.agent.plasticity_networks(), dormant_tau=0.1)
         self.every = config.measure.plasticity_every
-        self.envs = envs
 
     def run(self, iterations: int, seed: int) -> tuple[int, float, float]:
-        """Steps, seconds and learner seconds of ``iterations`` iterations."""
+        """Steps, seconds and learner seconds of ``iterations`` iterations; the seconds in the
+        simulator and the actions stepped stay in ``self.envs``."""
+        self.envs.forget()
         self.agent.start(self.envs.reset(seed=seed)[0])  # the env was stepped by others
         steps, learner = 0, 0.0
         started = time.perf_counter()
@@ -87,6 +119,15 @@ def raw_round(envs: Any, steps: int, action_dim: int, seed: int) -> tuple[int, f
     for actions in batches:
         envs.step(actions)
     return len(batches) * envs.num_envs, time.perf_counter() - started
+
+
+def replay_round(envs: Any, actions: list[np.ndarray], seed: int) -> tuple[int, float]:
+    """Step ``actions`` from ``reset(seed)``: a learner's simulation again, without it."""
+    envs.reset(seed=seed)
+    started = time.perf_counter()
+    for batch in actions:
+        envs.step(batch)
+    return len(actions) * envs.num_envs, time.perf_counter() - started
 
 
 def single_env_rate(env_id: str, steps: int) -> float:
@@ -178,6 +219,7 @@ def main() -> None:
         raw_round(envs, 2048, description.action_dim, seed=0)
         rates: dict[str, list[float]] = {"raw": []}
         shares: dict[str, list[float]] = {}
+        simulating: dict[str, list[float]] = {}
         for round_ in range(args.rounds):
             steps, seconds = raw_round(
                 envs, args.iterations * cbp.ppo.batch_size, description.action_dim, round_
@@ -187,6 +229,9 @@ def main() -> None:
                 steps, seconds, learning = learner.run(args.iterations, seed=round_)
                 rates.setdefault(learner.name, []).append(steps / seconds)
                 shares.setdefault(learner.name, []).append(learning / seconds)
+                simulating.setdefault(learner.name, []).append(learner.envs.seconds / seconds)
+            steps, seconds = replay_round(envs, learners[0].envs.actions, round_)
+            rates.setdefault("replay", []).append(steps / seconds)
             if reference is not None:
                 steps, seconds = reference.run(args.iterations * cbp.ppo.batch_size)
                 rates.setdefault("reference", []).append(steps / seconds)
@@ -209,12 +254,17 @@ def main() -> None:
         f"of {args.iterations} PPO iterations (2048 steps each)"
     )
     print(f"  raw vectorized env, random actions : {median['raw']:7.0f}")
+    print(
+        f"  raw, PPO + CBP's actions replayed  : {median['replay']:7.0f}   = "
+        f"{median['replay'] / median['raw']:.2f} x raw (the same simulation, no learner)"
+    )
     print(f"  raw single env in this process     : {single:7.0f}")
     for name in names:
         share = statistics.median(shares[name])
+        in_simulator = statistics.median(simulating[name])
         print(
             f"  end to end, {name:<22}: {median[name]:7.0f}   = {median[name] / median['raw']:.2f}"
-            f" x raw, learner share {share:.0%}"
+            f" x raw, learner share {share:.0%}, in the simulator {in_simulator:.0%}"
         )
     if "reference" in median:
         print(
@@ -230,7 +280,13 @@ def main() -> None:
             f"{median['cbp'] / median['cbp-sequential']:.3f}"
         )
     vs_raw = median["cbp"] / median["raw"]
-    print(f"  goal: PPO + CBP >= {GOAL_VS_RAW} x raw ({mode}): {vs_raw:.2f} x")
+    print(
+        f"  goal: PPO + CBP >= {GOAL_VS_RAW} x raw ({mode}): {vs_raw:.2f} x" + bound(median, "raw")
+    )
+    print(
+        f"        against its own actions replayed raw: {median['cbp'] / median['replay']:.2f} x"
+        + bound(median, "replay")
+    )
     if "reference" in median:
         source = f"{median['reference']:.0f} env-steps/s, one env, timed in these rounds"
         reference_sps: float | None = median["reference"]
@@ -240,7 +296,15 @@ def main() -> None:
         print(
             f"  goal: PPO + CBP >= {GOAL_VS_REFERENCE:.0f} x the reference ({source}; the goal "
             f"is on the default backend): {median['cbp'] / reference_sps:.2f} x"
+            + bound(median, "reference")
         )
+
+
+def bound(median: dict[str, float], against: str) -> str:
+    """The bound beside a goal: PPO without CBP in the same rounds, CBP at no cost."""
+    if "plain" not in median or against not in median:
+        return ""
+    return f" (bound, CBP at no cost = PPO without CBP: {median['plain'] / median[against]:.2f} x)"
 
 
 if __name__ == "__main__":
