@@ -46,71 +46,96 @@ class ReferenceNet(nn.Module):
 
 
 class ReferenceGenerateAndTest:
-    """The reference's generate-and-test step (``adaptable_contribution``, accumulated
-    replacement), one Python loop over the hidden layers per step."""
+    """The reference's generate-and-test step (its ``gnt.py``) on a chain of Linear layers with
+    ReLU between them: per step, one Python loop over the hidden layers ages the units, updates
+    the running means and the utility, and picks the units due; a second reinitializes them.
+
+    ``utility`` is ``"adaptable_contribution"`` (permuted MNIST) or ``"contribution"`` (the
+    RL configs); ``accumulate`` counts fractional replacements across steps, else a unit is
+    replaced with probability ``rr * eligible`` when that is below one. ``gain`` scales the
+    new weights' bound ``gain * sqrt(3 / fan_in)``: sqrt(2) is the reference's kaiming, 1 its
+    lecun.
+    """
 
     def __init__(
         self,
-        net: ReferenceNet,
+        layers: Sequence[nn.Linear],
         replacement_rate: float = 1e-4,
         maturity_threshold: int = 100,
         decay_rate: float = 0.99,
+        utility: str = "adaptable_contribution",
+        accumulate: bool = True,
+        gain: float = math.sqrt(2.0),
     ) -> None:
-        self.layers = [*net.hidden, net.out]
+        if utility not in ("adaptable_contribution", "contribution"):
+            raise ValueError(f"utility {utility!r}: adaptable_contribution or contribution")
+        self.layers = list(layers)
         self.rate, self.maturity, self.eta = replacement_rate, maturity_threshold, decay_rate
-        units = [layer.out_features for layer in net.hidden]
+        self.utility, self.accumulate = utility, accumulate
+        units = [layer.out_features for layer in self.layers[:-1]]
         self.util = [torch.zeros(n) for n in units]
         self.corrected_util = [torch.zeros(n) for n in units]
         self.ages = [torch.zeros(n) for n in units]
         self.mean_act = [torch.zeros(n) for n in units]
         self.accumulated = [0.0 for _ in units]
-        self.bounds = [math.sqrt(2.0) * math.sqrt(3.0 / layer.in_features) for layer in net.hidden]
+        self.bounds = [gain * math.sqrt(3.0 / layer.in_features) for layer in self.layers[:-1]]
 
     @torch.no_grad()
     def step(self, features: list[torch.Tensor]) -> None:
+        chosen = [self._test(i, h) for i, h in enumerate(features)]
+        for i, picked in enumerate(chosen):
+            if picked is not None:
+                self._generate(i, picked)
+
+    def _test(self, i: int, h: torch.Tensor) -> torch.Tensor | None:
+        """Update layer ``i``'s statistics; the units to replace, or None."""
         eta = self.eta
-        chosen: list[torch.Tensor | None] = []
-        for i, h in enumerate(features):
-            self.ages[i] += 1
-            self.util[i] *= eta
-            correction = 1 - eta ** self.ages[i]
-            self.mean_act[i] *= eta
-            self.mean_act[i] -= -(1 - eta) * h.mean(dim=0)
-            corrected_act = self.mean_act[i] / correction
-            out_mag = self.layers[i + 1].weight.data.abs().mean(dim=0)
-            in_mag = self.layers[i].weight.data.abs().mean(dim=1)
+        self.ages[i] += 1
+        self.util[i] *= eta
+        correction = 1 - eta ** self.ages[i]
+        self.mean_act[i] *= eta
+        self.mean_act[i] -= -(1 - eta) * h.mean(dim=0)
+        corrected_act = self.mean_act[i] / correction
+        out_mag = self.layers[i + 1].weight.data.abs().mean(dim=0)
+        in_mag = self.layers[i].weight.data.abs().mean(dim=1)
+        if self.utility == "contribution":
+            new_util = out_mag * h.abs().mean(dim=0)
+        else:
             new_util = out_mag * (h - corrected_act).abs().mean(dim=0) / in_mag
-            self.util[i] += (1 - eta) * new_util
-            self.corrected_util[i] = self.util[i] / correction
-            eligible = torch.where(self.ages[i] > self.maturity)[0]
-            chosen.append(None)
-            if eligible.shape[0] == 0:
-                continue
-            self.accumulated[i] += self.rate * eligible.shape[0]
+        self.util[i] += (1 - eta) * new_util
+        self.corrected_util[i] = self.util[i] / correction
+        eligible = torch.where(self.ages[i] > self.maturity)[0]
+        if eligible.shape[0] == 0:
+            return None
+        expected = self.rate * eligible.shape[0]
+        self.accumulated[i] += expected
+        if self.accumulate:
             count = int(self.accumulated[i])
             self.accumulated[i] -= count
-            if count == 0:
-                continue
-            picked = eligible[torch.topk(-self.corrected_util[i][eligible], count)[1]]
-            self.util[i][picked] = 0
-            self.mean_act[i][picked] = 0.0
-            chosen[i] = picked
-        for i, picked in enumerate(chosen):
-            if picked is None:
-                continue
-            layer, following = self.layers[i], self.layers[i + 1]
-            layer.weight.data[picked, :] *= 0.0
-            layer.weight.data[picked, :] += torch.empty(len(picked), layer.in_features).uniform_(
-                -self.bounds[i], self.bounds[i]
-            )
-            layer.bias.data[picked] *= 0
-            following.bias.data += (
-                following.weight.data[:, picked]
-                * self.mean_act[i][picked]
-                / (1 - eta ** self.ages[i][picked])
-            ).sum(dim=1)
-            following.weight.data[:, picked] = 0
-            self.ages[i][picked] = 0
+        else:
+            count = 1 if expected < 1 and bool(torch.rand(1) <= expected) else int(expected)
+        if count == 0:
+            return None
+        picked = eligible[torch.topk(-self.corrected_util[i][eligible], count)[1]]
+        self.util[i][picked] = 0
+        self.mean_act[i][picked] = 0.0
+        return picked
+
+    def _generate(self, i: int, picked: torch.Tensor) -> None:
+        """New incoming weights for units ``picked`` of layer ``i``, zero outgoing ones."""
+        layer, following = self.layers[i], self.layers[i + 1]
+        layer.weight.data[picked, :] *= 0.0
+        layer.weight.data[picked, :] += torch.empty(len(picked), layer.in_features).uniform_(
+            -self.bounds[i], self.bounds[i]
+        )
+        layer.bias.data[picked] *= 0
+        following.bias.data += (
+            following.weight.data[:, picked]
+            * self.mean_act[i][picked]
+            / (1 - self.eta ** self.ages[i][picked])
+        ).sum(dim=1)
+        following.weight.data[:, picked] = 0
+        self.ages[i][picked] = 0
 
 
 class ReferenceLearner:
@@ -121,7 +146,8 @@ class ReferenceLearner:
         torch.manual_seed(seed)
         self.net = ReferenceNet(width)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.003)
-        self.gnt = ReferenceGenerateAndTest(self.net) if cbp else None
+        layers = [*self.net.hidden, self.net.out]
+        self.gnt = ReferenceGenerateAndTest(layers) if cbp else None
 
     def learn(self, x: torch.Tensor, target: torch.Tensor) -> None:
         output, features = self.net.predict(x)

@@ -76,7 +76,9 @@ def timed(step: Callable[[], object], seconds: float) -> tuple[int, float]:
 
 def compare(width: int, variants: dict[str, int | None], seconds: float, rounds: int) -> None:
     """Time each variant in ``rounds`` alternating rounds and print steps/s and ratios."""
-    learners = {name: make_learner(width, every, seed=0) for name, every in variants.items()}
+    learners: dict[str, Callable[[], object]] = {
+        name: make_learner(width, every, seed=0) for name, every in variants.items()
+    }
     net = mlp(784, [width] * 3, 10, activation="relu", init="kaiming")
     learners["one read of the weights"] = read_pass([p for p in net.parameters() if p.ndim > 1])
     totals = {name: [0, 0.0] for name in learners}

@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import gymnasium.envs.mujoco
 import mujoco
 import numpy as np
 
-from cbp_rl.envs import FrictionSchedule, model_parameter, mujoco_model
+from cbp_rl.envs import FrictionSchedule, ModelParameter, model_parameter, mujoco_model
 
 ANT_XML = Path(gymnasium.envs.mujoco.__file__).parent / "assets" / "ant.xml"
 WRAPPED = "+ FrictionSchedule (no change)"
@@ -139,6 +139,11 @@ def rebuild_with_friction(directory: Path, friction: float) -> gym.Env[Any, Any]
     return gym.make("Ant-v5", xml_file=str(path))
 
 
+def applying(parameter: ModelParameter, values: Iterator[float]) -> Callable[[], object]:
+    """A call applying the next of ``values`` to ``parameter``."""
+    return lambda: parameter.apply(next(values))
+
+
 def bench_change(repeats: int) -> None:
     model = mujoco_model(gym.make("Ant-v5"))
     frictions = iter(np.random.default_rng(0).uniform(0.02, 2.0, 10**7).tolist())
@@ -147,7 +152,7 @@ def bench_change(repeats: int) -> None:
         for name in ("friction", "body_mass_scale", "actuator_gear_scale")
     }
     results = {
-        f"in place: {name}": seconds_per_call(lambda p=parameter: p.apply(next(frictions)), repeats)
+        f"in place: {name}": seconds_per_call(applying(parameter, frictions), repeats)
         for name, parameter in in_place.items()
     }
     rebuild_repeats = max(5, repeats // 10)

@@ -28,6 +28,7 @@ import argparse
 import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ from cbp_rl.supervised.engine import BatchedLearner, LearnerSpec, NetworkSpec
 
 Step = Callable[[], int]
 """Does some training steps; returns how many."""
-CBP = {
+CBP: dict[str, Any] = {
     "replacement_rate": 1e-4,
     "maturity_threshold": 100,
     "decay_rate": 0.99,

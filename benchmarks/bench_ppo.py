@@ -134,7 +134,7 @@ def single_env_rate(env_id: str, steps: int) -> float:
     """Raw steps/s of one env in this process (one core)."""
     envs = make_vector_env(env_id, 1, mode="sync")
     try:
-        taken, seconds = raw_round(envs, steps, envs.single_action_space.shape[0], seed=0)
+        taken, seconds = raw_round(envs, steps, describe_env(env_id).action_dim, seed=0)
     finally:
         envs.close()
     return taken / seconds

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
+from baselines import ReferenceGenerateAndTest  # benchmarks/baselines.py
 from torch import nn
 from torch.distributions import Normal
 
@@ -80,60 +81,13 @@ class _Logged(nn.Module):
         return [self.outputs[self.net[2 * i + 1]] for i in range(len(HIDDEN))]
 
 
-class _GenerateAndTest:
-    """The reference's generate-and-test on a Linear-ReLU chain (``contribution`` utility,
-    probabilistic replacement when fewer than one unit is due), per layer and per step."""
-
-    def __init__(self, net: nn.Sequential, rate: float = 1e-4, maturity: int = 10_000) -> None:
-        self.layers = [m for m in net if isinstance(m, nn.Linear)]
-        self.rate, self.maturity, self.eta = rate, maturity, 0.99
-        units = [layer.out_features for layer in self.layers[:-1]]
-        self.util = [torch.zeros(n) for n in units]
-        self.corrected_util = [torch.zeros(n) for n in units]
-        self.ages = [torch.zeros(n) for n in units]
-        self.mean_act = [torch.zeros(n) for n in units]
-        self.accumulated = [0.0 for _ in units]
-        self.bounds = [math.sqrt(2.0) * math.sqrt(3 / layer.in_features) for layer in self.layers]
-
-    @torch.no_grad()
-    def step(self, features: list[torch.Tensor]) -> None:
-        eta = self.eta
-        for i, h in enumerate(features):
-            self.ages[i] += 1
-            self.util[i] *= eta
-            correction = 1 - eta ** self.ages[i]
-            self.mean_act[i] *= eta
-            self.mean_act[i] -= -(1 - eta) * h.mean(dim=0)
-            _ = self.mean_act[i] / correction  # the reference computes it for every utility
-            out_mag = self.layers[i + 1].weight.data.abs().mean(dim=0)
-            _ = self.layers[i].weight.data.abs().mean(dim=1)
-            self.util[i] += (1 - eta) * (out_mag * h.abs().mean(dim=0))
-            self.corrected_util[i] = self.util[i] / correction
-            eligible = torch.where(self.ages[i] > self.maturity)[0]
-            if eligible.shape[0] == 0:
-                continue
-            expected = self.rate * eligible.shape[0]
-            self.accumulated[i] += expected
-            count = 1 if expected < 1 and torch.rand(1) <= expected else int(expected)
-            if count:
-                self._replace(i, eligible[torch.topk(-self.corrected_util[i][eligible], count)[1]])
-
-    def _replace(self, i: int, picked: torch.Tensor) -> None:
-        layer, following = self.layers[i], self.layers[i + 1]
-        self.util[i][picked] = 0
-        self.mean_act[i][picked] = 0.0
-        layer.weight.data[picked, :] *= 0.0
-        layer.weight.data[picked, :] += torch.empty(len(picked), layer.in_features).uniform_(
-            -self.bounds[i], self.bounds[i]
-        )
-        layer.bias.data[picked] *= 0
-        following.bias.data += (
-            following.weight.data[:, picked]
-            * self.mean_act[i][picked]
-            / (1 - self.eta ** self.ages[i][picked])
-        ).sum(dim=1)
-        following.weight.data[:, picked] = 0
-        self.ages[i][picked] = 0
+def _generate_and_test(net: nn.Sequential) -> ReferenceGenerateAndTest:
+    """The Ant CBP config's generate-and-test: ``contribution`` utility, rr 1e-4, maturity
+    10,000, probabilistic replacement, lecun bounds (the reference's default ``init``)."""
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    return ReferenceGenerateAndTest(
+        layers, maturity_threshold=10_000, utility="contribution", accumulate=False, gain=1.0
+    )
 
 
 class _Batch(NamedTuple):
@@ -160,8 +114,8 @@ class ReferencePPO:
         params = [*self.pol.parameters(), self.log_std, *self.vf.parameters()]
         self.params = params
         self.opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4, betas=(0.99, 0.99))
-        self.pol_gnt = _GenerateAndTest(self.pol.net)
-        self.val_gnt = _GenerateAndTest(self.vf.net)
+        self.pol_gnt = _generate_and_test(self.pol.net)
+        self.val_gnt = _generate_and_test(self.vf.net)
         self.buffers: list[collections.deque[Any]] = [collections.deque() for _ in range(6)]
         self.last_obs = np.zeros((1, obs_dim), np.float32)
         self.activity = torch.zeros(1000, len(HIDDEN), HIDDEN[0])

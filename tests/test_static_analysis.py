@@ -40,6 +40,17 @@ def test_mypy_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_mypy_is_clean_on_the_benchmarks() -> None:
+    """The benchmarks (run by hand, so no other test imports them) type-check too."""
+    pytest.importorskip("mypy")
+    view = installed_layout(ROOT / "build" / "typecheck")
+    result = run(
+        [sys.executable, "-m", "mypy", "benchmarks"],
+        env={"MYPYPATH": str(view), "PATH": str(Path(sys.executable).parent)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_import_layers_hold(tmp_path: Path) -> None:
     """The layer contract of pyproject.toml ([tool.importlinter]), checked on the installed layout.
 
