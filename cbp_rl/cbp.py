@@ -454,7 +454,7 @@ class GenerateAndTest(nn.Module):
             spread = per_unit.mean_abs_deviation(f_hat, self._slices)
         elif kind == "contribution":
             nonnegative = all(layout.nonnegative for layout in layouts)
-            spread = per_unit.mean().clone() if nonnegative else per_unit.mean_abs()
+            spread = batch_mean.clone() if nonnegative else per_unit.mean_abs()
         if _magnitudes_due(self._book.steps, cfg.magnitude_every):
             self._magnitude_plan(layouts).run(updates)
         in_magnitude, out_magnitude = buffers["in_magnitude"], buffers["out_magnitude"]
