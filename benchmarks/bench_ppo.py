@@ -111,18 +111,15 @@ class Learner:
 
 
 def raw_round(envs: Any, steps: int, action_dim: int, seed: int) -> tuple[int, float]:
+    """About ``steps`` steps of uniform random actions from ``reset(seed)``."""
     rng = np.random.default_rng(seed)
     batches = rng.uniform(-1, 1, (steps // envs.num_envs, envs.num_envs, action_dim))
-    batches = batches.astype(np.float32)
-    envs.reset(seed=seed)
-    started = time.perf_counter()
-    for actions in batches:
-        envs.step(actions)
-    return len(batches) * envs.num_envs, time.perf_counter() - started
+    return replay_round(envs, list(batches.astype(np.float32)), seed)
 
 
 def replay_round(envs: Any, actions: list[np.ndarray], seed: int) -> tuple[int, float]:
-    """Step ``actions`` from ``reset(seed)``: a learner's simulation again, without it."""
+    """Step ``actions`` from ``reset(seed)`` (a learner's simulation again, without it); the
+    steps taken and the seconds."""
     envs.reset(seed=seed)
     started = time.perf_counter()
     for batch in actions:

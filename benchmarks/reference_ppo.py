@@ -40,8 +40,7 @@ GAMMA, LAMBDA, CLIP = 0.99, 0.95, 0.2
 
 
 def _body(inputs: int, outputs: int) -> nn.Sequential:
-    """Linear-ReLU-Linear-ReLU-Linear, LeCun-uniform weights and zero biases, one forward hook
-    per module keeping its output (the reference logs every module's)."""
+    """Linear-ReLU-Linear-ReLU-Linear, LeCun-uniform weights and zero biases."""
     sizes = [inputs, *HIDDEN]
     modules: list[nn.Module] = []
     for a, b in itertools.pairwise(sizes):

@@ -30,22 +30,16 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_is_clean() -> None:
+@pytest.mark.parametrize(
+    "target",
+    [["-p", "cbp_rl"], ["benchmarks"]],
+    ids=["package", "benchmarks"],  # the benchmarks run by hand: no other test imports them
+)
+def test_mypy_is_clean(target: list[str]) -> None:
     pytest.importorskip("mypy")
     view = installed_layout(ROOT / "build" / "typecheck")
     result = run(
-        [sys.executable, "-m", "mypy", "-p", "cbp_rl"],
-        env={"MYPYPATH": str(view), "PATH": str(Path(sys.executable).parent)},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_mypy_is_clean_on_the_benchmarks() -> None:
-    """The benchmarks (run by hand, so no other test imports them) type-check too."""
-    pytest.importorskip("mypy")
-    view = installed_layout(ROOT / "build" / "typecheck")
-    result = run(
-        [sys.executable, "-m", "mypy", "benchmarks"],
+        [sys.executable, "-m", "mypy", *target],
         env={"MYPYPATH": str(view), "PATH": str(Path(sys.executable).parent)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
